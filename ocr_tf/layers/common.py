@@ -1,0 +1,162 @@
+"""Building blocks shared by every head and backbone.
+
+* `ConvBN`: conv -> BatchNorm -> optional activation, padded the way PyTorch pads (symmetric),
+  BN epsilon 1e-5 / momentum 0.9 (PyTorch's 0.1), so official checkpoints load with exact parity.
+* `resize_bilinear` / `ResizeTo`: bilinear resize reproducing PyTorch's `F.interpolate(...,
+  mode="bilinear", align_corners=True|False)` exactly and lowering to TFLite's builtin
+  RESIZE_BILINEAR.
+"""
+
+import keras
+import tensorflow as tf
+
+BN_EPSILON = 1e-5  # PyTorch's default, used by every official checkpoint.
+BN_MOMENTUM = 0.9  # Keras convention; equals PyTorch momentum 0.1.
+
+
+def torch_padding(kernel_size, dilation_rate=1):
+    """Padding PyTorch uses on each side for a 'same'-style conv: dilation * (k - 1) // 2."""
+    return dilation_rate * (kernel_size - 1) // 2
+
+
+@keras.saving.register_keras_serializable(package="ocr_tf")
+class ConvBN(keras.layers.Layer):
+    """Conv2D -> BatchNormalization -> activation (None to skip), as `nn.Sequential(conv, bn, relu)`.
+
+    Padding is symmetric on every side (`dilation * (k - 1) // 2`), as PyTorch does; Keras
+    'same' pads asymmetrically for stride 2 on even sizes and would break checkpoint parity.
+    `synchronized=True` makes BatchNorm reduce its statistics over all replicas.
+    Sub-layers are `conv`, `bn` (and `act`), which the checkpoint converter addresses.
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size=1,
+        strides=1,
+        dilation_rate=1,
+        use_bias=False,
+        activation="relu",
+        synchronized=False,
+        bn_epsilon=BN_EPSILON,
+        bn_momentum=BN_MOMENTUM,
+        kernel_initializer="he_normal",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if filters < 1:
+            raise ValueError(f"ConvBN filters must be >= 1, got {filters}.")
+        self.filters = int(filters)
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.dilation_rate = int(dilation_rate)
+        self.use_bias = bool(use_bias)
+        self.activation = activation
+        self.synchronized = bool(synchronized)
+        self.bn_epsilon = float(bn_epsilon)
+        self.bn_momentum = float(bn_momentum)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+        pad = torch_padding(self.kernel_size, self.dilation_rate)
+        self.pad = keras.layers.ZeroPadding2D(pad, name="pad") if pad else None
+        self.conv = keras.layers.Conv2D(
+            self.filters,
+            self.kernel_size,
+            strides=self.strides,
+            dilation_rate=self.dilation_rate,
+            padding="valid",
+            use_bias=self.use_bias,
+            kernel_initializer=self.kernel_initializer,
+            name="conv",
+        )
+        self.bn = keras.layers.BatchNormalization(
+            epsilon=self.bn_epsilon,
+            momentum=self.bn_momentum,
+            synchronized=self.synchronized,
+            name="bn",
+        )
+        self.act = keras.layers.Activation(activation, name="act") if activation else None
+
+    def build(self, input_shape):
+        shape = input_shape
+        if self.pad is not None:
+            self.pad.build(shape)
+            shape = self.pad.compute_output_shape(shape)
+        self.conv.build(shape)
+        shape = self.conv.compute_output_shape(shape)
+        self.bn.build(shape)
+        self.built = True
+
+    def call(self, x, training=None):
+        if self.pad is not None:
+            x = self.pad(x)
+        x = self.conv(x)
+        x = self.bn(x, training=training)
+        if self.act is not None:
+            x = self.act(x)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        shape = input_shape
+        if self.pad is not None:
+            shape = self.pad.compute_output_shape(shape)
+        return self.conv.compute_output_shape(shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.filters,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            dilation_rate=self.dilation_rate,
+            use_bias=self.use_bias,
+            activation=self.activation,
+            synchronized=self.synchronized,
+            bn_epsilon=self.bn_epsilon,
+            bn_momentum=self.bn_momentum,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+        )
+        return config
+
+
+def resize_bilinear(x, size, align_corners=True):
+    """Bilinear resize of NHWC `x` to `size` (h, w), identical to PyTorch's
+    `F.interpolate(x, size, mode="bilinear", align_corners=align_corners)`.
+
+    align_corners=True: `tf.compat.v1.image.resize_bilinear(align_corners=True)` is the only TF op
+    with those semantics, and it converts to the TFLite builtin RESIZE_BILINEAR.
+    align_corners=False: PyTorch samples at half-pixel centres without antialiasing, which is
+    `tf.image.resize(..., "bilinear", antialias=False)` (half_pixel_centers=True).
+    The result keeps `x`'s dtype (the TF ops compute in float32).
+    """
+    dtype = x.dtype
+    if align_corners:
+        y = tf.compat.v1.image.resize_bilinear(x, size, align_corners=True, half_pixel_centers=False)
+    else:
+        y = tf.image.resize(x, size, method="bilinear", antialias=False)
+    return tf.cast(y, dtype)
+
+
+@keras.saving.register_keras_serializable(package="ocr_tf")
+class ResizeTo(keras.layers.Layer):
+    """Resize `x` bilinearly to the spatial size of `reference` (NHWC), PyTorch-compatible.
+
+    `call(x, reference)`: only `reference`'s height and width are used, so the layer works with
+    unknown (None) spatial sizes.
+    """
+
+    def __init__(self, align_corners=True, **kwargs):
+        super().__init__(**kwargs)
+        self.align_corners = bool(align_corners)
+
+    def call(self, x, reference):
+        size = tf.shape(reference)[1:3]
+        return resize_bilinear(x, size, self.align_corners)
+
+    def compute_output_shape(self, x_shape, reference_shape):
+        return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(align_corners=self.align_corners)
+        return config
