@@ -62,8 +62,10 @@ class SpatialGather(keras.layers.Layer):
         x = tf.reshape(pixels, [batch, -1, channels])
         m = tf.reshape(tf.cast(regions, "float32"), [batch, -1, num_regions])
         m = tf.nn.softmax(self.scale * m, axis=1)  # over the h*w pixels, per region
-        f = tf.einsum("bnk,bnc->bkc", tf.cast(m, x.dtype), x)
-        return f
+        # Weights are ~1/(h*w): far below float16's normal range at real sizes, so the weighted sum
+        # runs in float32 too and only the result goes back to the compute dtype.
+        f = tf.einsum("bnk,bnc->bkc", m, tf.cast(x, "float32"))
+        return tf.cast(f, pixels.dtype)
 
     def compute_output_shape(self, pixels_shape, regions_shape):
         return (pixels_shape[0], regions_shape[3], pixels_shape[3])
