@@ -1,0 +1,298 @@
+"""Segmenters: a backbone + a head -> `keras.Model`, and the registry of named models.
+
+`build_model(name, num_classes, input_shape=(None, None, 3), **overrides)` takes normalised float32
+NHWC images and returns `{"logits", "aux_logits"}` (float32, B x h x w x K) at feature resolution:
+stride 4 for HRNet, the output stride (8 by default) for dilated ResNet and MobileNetV2.
+
+Names are `<backbone>_<head>`:
+  backbones  hrnet_w48, hrnet_w32, hrnet_w18, hrnet_w18s (W18-small-v2), resnet101, resnet50, mobilenetv2
+  heads      ocr  - `OCRHead`: style "hrnet" on HRNet ([HR]); style "openseg" with the soft object
+                    regions from stage 3 (aux_channels 512) on ResNet ([OS]); hrnet style on
+                    MobileNetV2 with the aux head narrowed to `mid_channels` (the phone model).
+             fcn  - `FCNHead`: backbone + classifier. On HRNet it is the official seg_hrnet head
+                    (`last_layer`: 1x1 conv C->C, BN, ReLU, 1x1 -> K) and `aux_logits` is the same
+                    tensor as `logits` (there is no second output; give the aux loss weight 0 or
+                    accept it counted twice). On ResNet `aux_logits` come from an FCN head on stage 3.
+                    On MobileNetV2 as on HRNet.
+             any key of `ocr_tf.layers.context.CONTEXT_HEADS` (ppm, aspp, ...), when that module exists.
+A `keras.Model` may be given instead of a name, with `features=` (and `aux_features=`) layer names.
+"""
+
+import inspect
+
+import keras
+
+from ocr_tf.backbones import load_backbone_weights
+from ocr_tf.backbones.hrnet import hrnet_backbone
+from ocr_tf.layers.common import ConvBN
+from ocr_tf.layers.ocr import OCRHead
+
+# backbone name -> (family, fixed builder arguments)
+BACKBONES = {
+    "hrnet_w48": ("hrnet", {"extra": "w48"}),
+    "hrnet_w32": ("hrnet", {"extra": "w32"}),
+    "hrnet_w18": ("hrnet", {"extra": "w18"}),
+    "hrnet_w18s": ("hrnet", {"extra": "w18s"}),
+    "resnet101": ("resnet", {"depth": 101}),
+    "resnet50": ("resnet", {"depth": 50}),
+    "mobilenetv2": ("mobilenet", {}),
+}
+# Overrides each backbone family accepts, besides the common ones.
+FAMILY_OPTIONS = {
+    "hrnet": ("extra",),
+    "resnet": ("output_stride", "stem"),
+    "mobilenet": ("output_stride", "alpha"),
+}
+COMMON_OPTIONS = ("synchronized", "align_corners", "weights", "dropout")
+HEAD_OPTIONS = {"ocr": ("mid_channels", "key_channels"), "fcn": ("mid_channels",)}
+# Head widths per family (OCR: [HR]/[OS] use 512/256; the phone model is narrower).
+HEAD_DEFAULTS = {
+    "hrnet": {"mid_channels": 512, "key_channels": 256},
+    "resnet": {"mid_channels": 512, "key_channels": 256},
+    "mobilenet": {"mid_channels": 256, "key_channels": 128},
+}
+
+
+def _context_heads():
+    """The comparison heads of `ocr_tf.layers.context`, or {} while that module is absent."""
+    try:
+        from ocr_tf.layers.context import CONTEXT_HEADS
+    except ImportError:
+        return {}
+    return dict(CONTEXT_HEADS)
+
+
+def list_models():
+    """Every registered model name."""
+    heads = ["ocr", "fcn", *sorted(_context_heads())]
+    return [f"{b}_{h}" for b in BACKBONES for h in heads]
+
+
+def _split_name(name):
+    for backbone in sorted(BACKBONES, key=len, reverse=True):
+        if name.startswith(backbone + "_"):
+            head = name[len(backbone) + 1 :]
+            if head in ("ocr", "fcn") or head in _context_heads():
+                return backbone, head
+    raise ValueError(f"Unknown model {name!r}; known: {', '.join(list_models())}.")
+
+
+@keras.saving.register_keras_serializable(package="ocr_tf")
+class FCNHead(keras.layers.Layer):
+    """Backbone + classifier baseline: ConvBN(`channels`, `kernel_size`) -> dropout -> 1x1 conv to K.
+
+    `call(features, aux_features=None)`: with `aux_features` (ResNet stage 3) the aux logits come
+    from a second such head (3x3, `aux_channels`); without, `aux_logits` is `logits` itself.
+    With channels=None the conv keeps the input width (the official seg_hrnet `last_layer`).
+    """
+
+    def __init__(
+        self,
+        num_classes,
+        channels=None,
+        kernel_size=1,
+        dropout=0.0,
+        aux_channels=512,
+        synchronized=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_classes = int(num_classes)
+        self.channels = None if channels is None else int(channels)
+        self.kernel_size = int(kernel_size)
+        self.dropout = float(dropout)
+        self.aux_channels = int(aux_channels)
+        self.synchronized = bool(synchronized)
+        self.cls = keras.layers.Conv2D(self.num_classes, 1, dtype="float32", name="cls")
+        self.aux_cls = keras.layers.Conv2D(self.num_classes, 1, dtype="float32", name="aux_cls")
+        self.drop = keras.layers.SpatialDropout2D(self.dropout, name="dropout") if self.dropout > 0 else None
+        self.aux_drop = keras.layers.SpatialDropout2D(self.dropout, name="aux_dropout") if self.dropout > 0 else None
+        self.conv_bn = self.aux_conv_bn = None
+
+    def build(self, features_shape, aux_features_shape=None):
+        width = self.channels or features_shape[-1]
+        self.conv_bn = ConvBN(width, self.kernel_size, use_bias=True, synchronized=self.synchronized, name="conv_bn")
+        self.conv_bn.build(features_shape)
+        self.cls.build((None, None, None, width))
+        if aux_features_shape is not None:
+            self.aux_conv_bn = ConvBN(self.aux_channels, 3, use_bias=True, synchronized=self.synchronized, name="aux_conv_bn")
+            self.aux_conv_bn.build(aux_features_shape)
+            self.aux_cls.build((None, None, None, self.aux_channels))
+        self.built = True
+
+    def _branch(self, x, conv_bn, drop, cls, training):
+        x = conv_bn(x, training=training)
+        if drop is not None:
+            x = drop(x, training=training)
+        return cls(x)
+
+    def call(self, features, aux_features=None, training=None):
+        logits = self._branch(features, self.conv_bn, self.drop, self.cls, training)
+        if aux_features is None:
+            return {"logits": logits, "aux_logits": logits}
+        aux = self._branch(aux_features, self.aux_conv_bn, self.aux_drop, self.aux_cls, training)
+        return {"logits": logits, "aux_logits": aux}
+
+    def compute_output_shape(self, features_shape, aux_features_shape=None):
+        aux_shape = features_shape if aux_features_shape is None else aux_features_shape
+        return {
+            "logits": (*features_shape[:3], self.num_classes),
+            "aux_logits": (*aux_shape[:3], self.num_classes),
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_classes=self.num_classes,
+            channels=self.channels,
+            kernel_size=self.kernel_size,
+            dropout=self.dropout,
+            aux_channels=self.aux_channels,
+            synchronized=self.synchronized,
+        )
+        return config
+
+
+def build_backbone(backbone, input_shape=(None, None, 3), **options):
+    """A registered backbone as a functional model named "backbone" (outputs: features, or
+    [stage 3, stage 4] for ResNet). `options` as in `build_model` (backbone ones only)."""
+    family, fixed = BACKBONES[backbone]
+    weights = options.pop("weights", None)
+    common = {k: options.pop(k) for k in ("synchronized", "align_corners") if k in options}
+    if family == "hrnet":
+        model = hrnet_backbone(options.pop("extra", fixed["extra"]), input_shape, **common)
+    elif family == "resnet":
+        from ocr_tf.backbones.resnet import resnet_backbone
+
+        common.pop("align_corners", None)
+        model = resnet_backbone(fixed["depth"], input_shape, **common, **options)
+    else:
+        from ocr_tf.backbones.mobilenet import mobilenet_backbone
+
+        common.pop("align_corners", None)
+        model = mobilenet_backbone(input_shape, **common, **options)
+    if weights is not None:
+        load_backbone_weights(model, weights)
+    return model
+
+
+def _check_overrides(name, overrides, allowed):
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"Unknown override(s) {unknown} for model {name!r}; allowed: {sorted(allowed)}."
+        )
+
+
+def _head_kwargs_accepted(cls):
+    params = inspect.signature(cls.__init__).parameters
+    return {p for p in params if p not in ("self", "num_classes", "args", "kwargs")}
+
+
+def _make_head(head, family, num_classes, opts):
+    """Build the head layer (named "head") from the validated options."""
+    sync = opts.get("synchronized", False)
+    align = opts.get("align_corners", True)
+    dropout = opts.get("dropout", 0.05)
+    widths = {**HEAD_DEFAULTS[family], **{k: opts[k] for k in ("mid_channels", "key_channels") if k in opts}}
+    if head == "ocr":
+        style = "openseg" if family == "resnet" else "hrnet"
+        aux_channels = {"resnet": 512, "mobilenet": widths["mid_channels"]}.get(family)
+        return OCRHead(
+            num_classes,
+            mid_channels=widths["mid_channels"],
+            key_channels=widths["key_channels"],
+            style=style,
+            aux_channels=aux_channels,
+            dropout=dropout,
+            align_corners=align,
+            synchronized=sync,
+            name="head",
+        )
+    if head == "fcn":
+        if family == "resnet":
+            return FCNHead(num_classes, opts.get("mid_channels", 512), 3, dropout=dropout, synchronized=sync, name="head")
+        return FCNHead(num_classes, opts.get("mid_channels"), 1, dropout=opts.get("dropout", 0.0), synchronized=sync, name="head")
+    cls = _context_heads()[head]
+    accepted = _head_kwargs_accepted(cls)
+    kwargs = {k: v for k, v in opts.items() if k in accepted}
+    return cls(num_classes, name="head", **kwargs)
+
+
+def _head_options(head):
+    if head in HEAD_OPTIONS:
+        return HEAD_OPTIONS[head]
+    accepted = _head_kwargs_accepted(_context_heads()[head])
+    return tuple(k for k in ("mid_channels", "key_channels") if k in accepted)
+
+
+def _assemble(inputs, feats, aux, head_layer, name):
+    out = head_layer(feats, aux_features=aux)
+    outputs = {
+        "logits": keras.layers.Identity(name="logits")(out["logits"]),
+        "aux_logits": keras.layers.Identity(name="aux_logits")(out["aux_logits"]),
+    }
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_model(name, num_classes, input_shape=(None, None, 3), **overrides):
+    """Build a registered segmenter (see the module docstring) or wrap a given `keras.Model`.
+
+    Overrides: synchronized (BatchNorm over replicas), align_corners, dropout, weights (a local
+    backbone weight file), mid_channels / key_channels (head widths), extra (HRNet stage config,
+    official form), output_stride and stem ("keras" | "deep") for ResNet, output_stride and alpha
+    for MobileNetV2. An unknown override is a ValueError naming it and the allowed ones.
+    """
+    if isinstance(name, keras.Model):
+        return build_segmenter(name, num_classes, **overrides)
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+    backbone, head = _split_name(name)
+    family = BACKBONES[backbone][0]
+    allowed = COMMON_OPTIONS + FAMILY_OPTIONS[family] + _head_options(head)
+    _check_overrides(name, overrides, allowed)
+    backbone_opts = {k: v for k, v in overrides.items() if k in COMMON_OPTIONS + FAMILY_OPTIONS[family] and k != "dropout"}
+
+    inputs = keras.Input(input_shape, name="image")
+    net = build_backbone(backbone, input_shape, **backbone_opts)
+    outs = net(inputs)
+    feats, aux = (outs[1], outs[0]) if family == "resnet" else (outs, None)
+    head_layer = _make_head(head, family, num_classes, overrides)
+    return _assemble(inputs, feats, aux, head_layer, name)
+
+
+def build_segmenter(
+    backbone,
+    num_classes,
+    features,
+    aux_features=None,
+    head="ocr",
+    style="hrnet",
+    **head_kwargs,
+):
+    """Any functional Keras model (e.g. a keras.applications one) + a head.
+
+    `features` / `aux_features`: names of the backbone layers whose outputs feed the head (the soft
+    object regions come from `aux_features` when given). `head`: "ocr" (`OCRHead(style=style)`),
+    "fcn", or a context head name; `head_kwargs` go to the head's constructor.
+    """
+    if head not in ("ocr", "fcn") and head not in _context_heads():
+        raise ValueError(f"Unknown head {head!r}; known: ocr, fcn, {', '.join(sorted(_context_heads()))}.")
+    names = [features] + ([aux_features] if aux_features else [])
+    layer_names = {layer.name for layer in backbone.layers}
+    missing = [n for n in names if n not in layer_names]
+    if missing:
+        raise ValueError(f"Backbone {backbone.name!r} has no layer(s) {missing}.")
+    extractor = keras.Model(
+        backbone.inputs, [backbone.get_layer(n).output for n in names], name="backbone"
+    )
+    inputs = keras.Input(backbone.input_shape[1:], name="image")
+    outs = extractor(inputs)
+    feats, aux = outs[0], (outs[1] if aux_features else None)
+    if head == "ocr":
+        layer = OCRHead(num_classes, style=style, name="head", **head_kwargs)
+    elif head == "fcn":
+        layer = FCNHead(num_classes, name="head", **head_kwargs)
+    else:
+        layer = _context_heads()[head](num_classes, name="head", **head_kwargs)
+    return _assemble(inputs, feats, aux, layer, f"{backbone.name}_{head}")
