@@ -1,0 +1,281 @@
+"""Convert official HRNet-OCR / HRNet checkpoints (HRNet/HRNet-Semantic-Segmentation, e.g.
+`hrnet_ocr_cs_8162_torch11.pth`) into Keras models.
+
+    python -m ocr_tf.convert --checkpoint hrnet_ocr_cs_8162_torch11.pth --model hrnet_w48_ocr \
+        --num-classes 19 --out converted/
+
+Reads a `.pth` with torch (`weights_only=True`; torch is optional and only needed for `.pth`) or an
+`.npz` of the state_dict (names as keys; a `state/` key prefix, as in the test fixture, is accepted).
+Drops the `model.` prefix of released files, skips `loss.*` (class weights) and BN's
+`num_batches_tracked`, reads `last_layer.*` (seg_hrnet's head) as the OCR model's `aux_head.*`,
+transposes conv kernels OIHW -> HWIO. Every missing, unexpected or mis-shaped tensor stops the
+conversion with the full list: a checkpoint never loads half-way. Writes `<model>.keras` and
+`<model>.weights.h5` atomically. `--verify REF.npz` runs the reference inputs (`input_N`, NCHW)
+through the converted model and compares with the reference outputs (`aux_N`, `out_N`).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+
+from ocr_tf.backbones.hrnet import torch_bn_name, torch_conv_name
+
+# Relative error allowed by `--verify` (max |a - b| / max |b|).
+VERIFY_TOLERANCE = 1e-4
+
+
+class CheckpointMismatch(ValueError):
+    """The checkpoint does not fit the model; `.missing`, `.unexpected`, `.mismatched` list why."""
+
+    def __init__(self, source, missing, unexpected, mismatched):
+        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+        lines = [f"Checkpoint {source} does not fit the model:"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched)):
+            if items:
+                lines.append(f"  {len(items)} {title}:")
+                lines.extend(f"    {item}" for item in items)
+        super().__init__("\n".join(lines))
+
+
+def read_state_dict(path):
+    """A checkpoint file -> {official name: float32 array}, names as stored (prefixes kept)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint not found: {path!r}")
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as data:
+            names = list(data.files)
+            if any(n.startswith("state/") for n in names):
+                names = [n for n in names if n.startswith("state/")]
+                return {n[len("state/") :]: np.asarray(data[n]) for n in names}
+            return {n: np.asarray(data[n]) for n in names}
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(
+            f"Reading {path} needs PyTorch (pip install torch, CPU build is enough), "
+            "or convert the state_dict to .npz first."
+        ) from None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state_dict.")
+    return {k: v.detach().cpu().numpy() for k, v in state.items() if hasattr(v, "detach")}
+
+
+def clean_state_dict(state, head="ocr"):
+    """Drop the `model.` prefix, `loss.*` and `num_batches_tracked`; map `last_layer` for OCR."""
+    out = {}
+    for name, value in state.items():
+        if name.startswith("model."):
+            name = name[len("model.") :]
+        if name.startswith("loss.") or name.endswith("num_batches_tracked"):
+            continue
+        out[name] = value
+    if head == "ocr" and not any(n.startswith("aux_head.") for n in out):
+        out = {("aux_head." + n[len("last_layer.") :] if n.startswith("last_layer.") else n): v for n, v in out.items()}
+    return out
+
+
+def _conv_bn_entries(layer, conv_name, bn_name):
+    """{official name: keras variable} for one ConvBN."""
+    entries = {f"{conv_name}.weight": layer.conv.kernel}
+    if layer.conv.use_bias:
+        entries[f"{conv_name}.bias"] = layer.conv.bias
+    bn = layer.bn
+    entries.update(
+        {
+            f"{bn_name}.weight": bn.gamma,
+            f"{bn_name}.bias": bn.beta,
+            f"{bn_name}.running_mean": bn.moving_mean,
+            f"{bn_name}.running_var": bn.moving_variance,
+        }
+    )
+    return entries
+
+
+def _conv_entries(conv, name):
+    return {f"{name}.weight": conv.kernel, f"{name}.bias": conv.bias}
+
+
+def official_variables(model):
+    """{official state_dict name: keras variable} for an HRNet model built by `build_model`."""
+    from ocr_tf.layers.common import ConvBN
+    from ocr_tf.layers.ocr import OCRHead
+    from ocr_tf.models import FCNHead
+
+    entries = {}
+    for layer in model.get_layer("backbone").layers:
+        if isinstance(layer, ConvBN):
+            conv = torch_conv_name(layer.name)
+            entries.update(_conv_bn_entries(layer, conv, torch_bn_name(conv)))
+    head = model.get_layer("head")
+    if isinstance(head, OCRHead) and head.style == "hrnet":
+        att = head.ocr.attention
+        block = "ocr_distri_head.object_context_block"
+        for layer, conv, bn in (
+            (head.aux_head, "aux_head.0", "aux_head.1"),
+            (head.conv3x3_ocr, "conv3x3_ocr.0", "conv3x3_ocr.1"),
+            (att.f_pixel[0], f"{block}.f_pixel.0", f"{block}.f_pixel.1.0"),
+            (att.f_pixel[1], f"{block}.f_pixel.2", f"{block}.f_pixel.3.0"),
+            (att.f_object[0], f"{block}.f_object.0", f"{block}.f_object.1.0"),
+            (att.f_object[1], f"{block}.f_object.2", f"{block}.f_object.3.0"),
+            (att.f_down, f"{block}.f_down.0", f"{block}.f_down.1.0"),
+            (att.f_up, f"{block}.f_up.0", f"{block}.f_up.1.0"),
+            (head.ocr.fuse, "ocr_distri_head.conv_bn_dropout.0", "ocr_distri_head.conv_bn_dropout.1.0"),
+        ):
+            entries.update(_conv_bn_entries(layer, conv, bn))
+        entries.update(_conv_entries(head.aux_cls, "aux_head.3"))
+        entries.update(_conv_entries(head.cls_head, "cls_head"))
+    elif isinstance(head, FCNHead) and head.aux_conv_bn is None:
+        entries.update(_conv_bn_entries(head.conv_bn, "last_layer.0", "last_layer.1"))
+        entries.update(_conv_entries(head.cls, "last_layer.3"))
+    else:
+        raise ValueError(f"Official checkpoints exist for HRNet OCR/FCN models only, not {model.name!r}.")
+    return entries
+
+
+def _to_keras(value):
+    """PyTorch layout -> Keras: conv kernels O x I x kH x kW -> kH x kW x I x O."""
+    return np.transpose(value, (2, 3, 1, 0)) if value.ndim == 4 else value
+
+
+def load_official_weights(model, state, source="<state_dict>"):
+    """Assign a cleaned official state_dict to `model`; raises CheckpointMismatch listing every problem
+    before assigning anything."""
+    targets = official_variables(model)
+    missing = sorted(set(targets) - set(state))
+    unexpected = sorted(set(state) - set(targets))
+    mismatched = []
+    for name in sorted(set(targets) & set(state)):
+        got = _to_keras(np.asarray(state[name])).shape
+        want = tuple(targets[name].shape)
+        if got != want:
+            mismatched.append(f"{name}: checkpoint {tuple(np.shape(state[name]))} -> {got}, model {want}")
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatch(source, missing, unexpected, mismatched)
+    for name, var in targets.items():
+        var.assign(_to_keras(np.asarray(state[name], dtype=np.float32)))
+
+
+def _atomic_save(model, out_dir, stem):
+    """Write `<stem>.keras` and `<stem>.weights.h5` into `out_dir` via a temp dir + rename."""
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".convert-", dir=out_dir)
+    try:
+        paths = []
+        for suffix, save in ((".keras", model.save), (".weights.h5", model.save_weights)):
+            tmp_path = os.path.join(tmp, stem + suffix)
+            save(tmp_path)
+            final = os.path.join(out_dir, stem + suffix)
+            os.replace(tmp_path, final)
+            paths.append(final)
+        return paths
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def verify(model, reference):
+    """Run `input_N` of a reference .npz (NCHW) through `model`; returns {"aux_N"/"out_N": rel err}."""
+    errors = {}
+    with np.load(reference, allow_pickle=False) as ref:
+        n = 0
+        while f"input_{n}" in ref.files:
+            x = np.transpose(ref[f"input_{n}"], (0, 2, 3, 1))
+            pred = model(x, training=False)
+            for key, out in ((f"aux_{n}", "aux_logits"), (f"out_{n}", "logits")):
+                if key in ref.files:
+                    want = np.transpose(ref[key], (0, 2, 3, 1))
+                    got = np.asarray(pred[out])
+                    if got.shape != want.shape:
+                        raise ValueError(f"{reference}: {key} has shape {want.shape}, the model gives {got.shape}.")
+                    errors[key] = float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+            n += 1
+        if not n:
+            raise ValueError(f"{reference} has no input_0; expected the fixture format (input_N, aux_N, out_N).")
+    return errors
+
+
+def _load_extra(text):
+    """--extra: a JSON string, or a JSON/YAML file holding the stage config (or MODEL.EXTRA / extra)."""
+    if text is None:
+        return None
+    if os.path.isfile(text):
+        import yaml
+
+        with open(text) as f:
+            data = yaml.safe_load(f)
+    else:
+        data = json.loads(text)
+    for path in (("MODEL", "EXTRA"), ("extra",)):
+        node = data
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            return node
+    return data
+
+
+def convert(checkpoint, model_name, num_classes, out_dir=None, extra=None, **overrides):
+    """Build `model_name`, load the official `checkpoint` into it, save it to `out_dir` (if given).
+    Returns (model, [written paths])."""
+    from ocr_tf.models import build_model
+
+    if extra is not None:
+        overrides["extra"] = extra
+    model = build_model(model_name, num_classes, **overrides)
+    head = "fcn" if model_name.endswith("_fcn") else "ocr"
+    state = clean_state_dict(read_state_dict(checkpoint), head)
+    load_official_weights(model, state, source=os.fspath(checkpoint))
+    paths = _atomic_save(model, out_dir, model_name) if out_dir else []
+    return model, paths
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m ocr_tf.convert", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="official .pth (needs torch) or .npz of the state_dict")
+    p.add_argument("--model", required=True, help="hrnet_w48_ocr, hrnet_w18_ocr, ..., or hrnet_*_fcn")
+    p.add_argument("--num-classes", type=int, required=True)
+    p.add_argument("--out", required=True, help="output directory for <model>.keras and <model>.weights.h5")
+    p.add_argument("--extra", help="HRNet stage config for custom widths: JSON text or a JSON/YAML file "
+                   "(the official experiment YAML works: MODEL.EXTRA is used)")
+    p.add_argument("--mid-channels", type=int, help="OCR mid channels (official: 512)")
+    p.add_argument("--key-channels", type=int, help="OCR key channels (official: 256)")
+    p.add_argument("--align-corners", choices=("true", "false"), default="true",
+                   help="bilinear resize mode of the checkpoint's training (official HRNet-OCR: true)")
+    p.add_argument("--verify", metavar="REF.npz",
+                   help="reference inputs/outputs (input_N, aux_N, out_N; NCHW) to compare against")
+    args = p.parse_args(argv)
+
+    overrides = {"align_corners": args.align_corners == "true"}
+    if args.mid_channels:
+        overrides["mid_channels"] = args.mid_channels
+    if args.key_channels:
+        overrides["key_channels"] = args.key_channels
+    try:
+        model, paths = convert(
+            args.checkpoint, args.model, args.num_classes, args.out, extra=_load_extra(args.extra), **overrides
+        )
+    except (CheckpointMismatch, FileNotFoundError, ImportError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(f"wrote {path}")
+    if args.verify:
+        errors = verify(model, args.verify)
+        for key, err in errors.items():
+            print(f"verify {key}: max|a-b|/max|b| = {err:.3g}")
+        if max(errors.values()) >= VERIFY_TOLERANCE:
+            print(f"error: verification above {VERIFY_TOLERANCE}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
