@@ -1,0 +1,428 @@
+"""Export a segmenter for TF Serving (SavedModel) and for phones (TFLite / LiteRT).
+
+Both exports take uint8 RGB images and do everything else inside the graph: ImageNet
+normalisation, the model, bilinear resize of the logits to the input size (align_corners as the
+model was trained) and `tf.math.argmax` (which, unlike `keras.ops.argmax`, quantizes).
+
+SavedModel (`export_saved_model`), TF Serving's layout `<export_dir>/<version>/`, signatures:
+  serving_default  images uint8 [B, H, W, 3], any H, W -> labels int32 [B, H, W]
+                   (+ probabilities float32 [B, H, W, K] if exported with_probabilities)
+  serve_bytes      encoded_images string [B] (JPEG/PNG) -> the same outputs
+  serve_examples   serialized tf.Examples string [B] (tf-models keys, `image/encoded`) -> same
+The version directory is written under a temporary name and renamed when complete, so TF Serving
+(which only loads numeric directories) never sees a half-written model.
+
+TFLite (`export_tflite`): fixed input uint8 [1, H, W, 3] -> labels int32 [1, H, W] and logits
+[1, h, w, K] at feature resolution; TFLite builtin ops only (checked from the flatbuffer); the
+quantization names are tf-models': none | fp16 | dynamic | int8 | int8_full.
+
+CLI: `python -m ocr_tf.export --help`.
+"""
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import sys
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from ocr_tf.data import records
+from ocr_tf.layers.common import resize_bilinear
+from ocr_tf.preprocessing import normalize_image
+from ocr_tf.tflite_utils import check_builtin_only
+
+QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8", "int8_full")
+
+
+# ----------------------------------------------------------------------------------------------
+# The inference graph shared by both exports
+
+
+def make_inference_fn(model, *, align_corners=True, with_probabilities=False, with_logits=False):
+    """uint8 images [B, H, W, 3] -> {"labels": int32 [B, H, W], optional "probabilities"
+    float32 [B, H, W, K] at the input size, optional "logits" at feature resolution}."""
+
+    def infer(images):
+        logits = model(normalize_image(images), training=False)["logits"]
+        logits = tf.cast(logits, tf.float32)
+        upsampled = resize_bilinear(logits, tf.shape(images)[1:3], align_corners)
+        outputs = {"labels": tf.math.argmax(upsampled, axis=-1, output_type=tf.int32)}
+        if with_probabilities:
+            outputs["probabilities"] = tf.nn.softmax(upsampled, axis=-1)
+        if with_logits:
+            outputs["logits"] = logits
+        return outputs
+
+    return infer
+
+
+def decode_images(encoded, what="serve_bytes"):
+    """string [B] of JPEG/PNG bytes -> uint8 [B, H, W, 3]; all images must share one size."""
+    tf.debugging.assert_greater(tf.size(encoded), 0, message=f"{what}: got an empty batch of images.")
+    first_shape = tf.shape(tf.io.decode_image(encoded[0], channels=3, expand_animations=False))
+
+    def decode(data):
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        same = tf.debugging.assert_equal(
+            tf.shape(image),
+            first_shape,
+            message=f"{what}: all images of one request must have the same height and width "
+            "(the first image's shape, then this one's)",
+        )
+        with tf.control_dependencies([same]):
+            return tf.identity(image)
+
+    return tf.map_fn(decode, encoded, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+
+
+def parse_example_images(serialized):
+    """Serialized tf.Examples [B] with the tf-models keys -> uint8 images [B, H, W, 3]."""
+    features = tf.io.parse_example(serialized, {records.IMAGE_KEY: records.FEATURES[records.IMAGE_KEY]})
+    return decode_images(features[records.IMAGE_KEY], what="serve_examples")
+
+
+def _num_classes(model):
+    shape = model.output["logits"].shape if isinstance(model.output, dict) else None
+    if shape is None or shape[-1] is None:
+        raise ValueError("The model must output a dict with 'logits' of known channel count (num_classes).")
+    return int(shape[-1])
+
+
+def _check_class_names(model, class_names):
+    if class_names is None:
+        return None
+    class_names = [str(name) for name in class_names]
+    if len(class_names) != _num_classes(model):
+        raise ValueError(
+            f"class_names has {len(class_names)} names but the model has {_num_classes(model)} classes."
+        )
+    bad = [name for name in class_names if "\n" in name]
+    if bad:
+        raise ValueError(f"class names must not contain newlines: {bad}")
+    return class_names
+
+
+def _write_labels(path, class_names):
+    """One class name per line, line i = class id i, written atomically."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(class_names) + "\n")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# SavedModel for TF Serving
+
+
+def _next_version(export_dir):
+    versions = [int(n) for n in os.listdir(export_dir) if re.fullmatch(r"\d+", n)]
+    return max(versions, default=0) + 1
+
+
+def export_saved_model(
+    model,
+    export_dir,
+    *,
+    version=None,
+    with_probabilities=False,
+    align_corners=True,
+    class_names=None,
+):
+    """Write `model` as a TF Serving SavedModel to `<export_dir>/<version>/` and return that path.
+
+    `version` defaults to one more than the largest numeric version already there (1 if none).
+    The model is written to a hidden temporary directory beside the version directory and renamed
+    when complete; on failure the temporary directory is removed. `class_names` (optional) go to
+    `assets.extra/labels.txt` (TF Serving ignores assets.extra).
+    """
+    class_names = _check_class_names(model, class_names)
+    os.makedirs(export_dir, exist_ok=True)
+    if version is None:
+        version = _next_version(export_dir)
+    version = int(version)
+    if version < 0:
+        raise ValueError(f"version must be a non-negative integer, got {version}.")
+    final = os.path.join(export_dir, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(f"{final} already exists; TF Serving versions are immutable, pick another.")
+
+    infer = make_inference_fn(model, align_corners=align_corners, with_probabilities=with_probabilities)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    # Loaded signatures check only the dtype; EnsureShape refuses a wrong rank or channel count at
+    # run time with a clear error (without it a rank-3 batch crashes the process inside the conv).
+    def serve_images(images):
+        return infer(tf.ensure_shape(images, [None, None, None, 3]))
+
+    def serve_bytes(encoded_images):
+        return infer(decode_images(tf.ensure_shape(encoded_images, [None])))
+
+    def serve_examples(serialized_examples):
+        return infer(parse_example_images(tf.ensure_shape(serialized_examples, [None])))
+
+    archive.add_endpoint(
+        "serving_default",
+        serve_images,
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")],
+    )
+    archive.add_endpoint(
+        "serve_bytes", serve_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="encoded_images")]
+    )
+    archive.add_endpoint(
+        "serve_examples",
+        serve_examples,
+        input_signature=[tf.TensorSpec([None], tf.string, name="serialized_examples")],
+    )
+
+    # A name TF Serving ignores (not numeric), on the same filesystem so the rename is atomic.
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the serving process may run as another user
+    try:
+        archive.write_out(tmp, verbose=False)
+        if class_names is not None:
+            os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+            _write_labels(os.path.join(tmp, "assets.extra", "labels.txt"), class_names)
+        os.rename(tmp, final)  # fails rather than merging if another export took this version
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+# ----------------------------------------------------------------------------------------------
+# TFLite
+
+
+def _resize_uint8(image, input_size):
+    image = tf.convert_to_tensor(image)
+    if image.dtype != tf.uint8 or image.shape.rank != 3 or image.shape[-1] != 3:
+        raise ValueError(f"calibration images must be uint8 (H, W, 3), got {image.dtype.name} {image.shape}.")
+    if tuple(image.shape[:2]) != tuple(input_size):
+        image = tf.image.resize(image, input_size, method="bilinear")
+        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    return image
+
+
+def calibration_images(calibration_data, input_size, num_samples, num_classes):
+    """Yield up to `num_samples` uint8 (H, W, 3) images at `input_size` from a glob of TFRecords
+    (tf-models keys, validated by `records.decode_record`) or an iterable of uint8 images."""
+    if not isinstance(calibration_data, (str, os.PathLike)):
+        for i, image in enumerate(calibration_data):
+            if i >= num_samples:
+                return
+            yield _resize_uint8(np.asarray(image), input_size).numpy()
+        return
+    files = sorted(glob.glob(str(calibration_data)))
+    if not files:
+        raise FileNotFoundError(f"No TFRecord files match the calibration glob {calibration_data!r}.")
+    count = 0
+    for path in files:
+        for index, serialized in enumerate(tf.data.TFRecordDataset(path)):
+            if count >= num_samples:
+                return
+            image, _, _ = records.decode_record(serialized, num_classes, file=path, index=index)
+            yield _resize_uint8(image, input_size).numpy()
+            count += 1
+
+
+def _configure_quantization(converter, quantize, representative):
+    if quantize == "none":
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize in ("int8", "int8_full"):
+        converter.representative_dataset = representative
+        if quantize == "int8_full":
+            # Every op int8 (conversion fails otherwise); the logits output stays int8 too.
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_output_type = tf.int8
+    # "dynamic": Optimize.DEFAULT alone = int8 weights, float activations.
+
+
+def parse_input_size(text):
+    """'512x1024' -> (512, 1024) (height x width)."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", str(text))
+    if not match or min(int(match[1]), int(match[2])) < 1:
+        raise ValueError(f"input size must look like HEIGHTxWIDTH, e.g. 512x1024; got {text!r}.")
+    return int(match[1]), int(match[2])
+
+
+def labels_path(tflite_path):
+    """The labels file written beside a .tflite: model.tflite -> model.labels.txt."""
+    root, _ = os.path.splitext(str(tflite_path))
+    return root + ".labels.txt"
+
+
+def export_tflite(
+    model,
+    out_path,
+    *,
+    input_size,
+    quantize="none",
+    calibration_data=None,
+    class_names=None,
+    num_calibration=100,
+    align_corners=True,
+):
+    """Convert `model` to a TFLite file at `out_path` (written atomically) and return the path.
+
+    Input uint8 [1, H, W, 3] with (H, W) = `input_size`; outputs "labels" int32 [1, H, W] and
+    "logits" [1, h, w, K]. `quantize`: none (float32), fp16 (float16 weights), dynamic (int8
+    weights), int8 (int8 weights and activations, calibrated, float fallback allowed), int8_full
+    (int8 only, fails if an op has no int8 kernel; int8 logits). int8 modes need
+    `calibration_data`: a glob of TFRecords or an iterable of uint8 images (resized to input_size).
+    `class_names` are written one per line to `labels_path(out_path)`.
+    """
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}.")
+    if quantize.startswith("int8") and calibration_data is None:
+        raise ValueError(f"quantize={quantize!r} needs calibration_data (a TFRecord glob or uint8 images).")
+    input_size = parse_input_size(input_size) if isinstance(input_size, str) else tuple(int(s) for s in input_size)
+    class_names = _check_class_names(model, class_names)
+    height, width = input_size
+
+    def representative():
+        count = 0
+        images = calibration_images(calibration_data, input_size, num_calibration, _num_classes(model))
+        for image in tqdm(images, desc="int8 calibration", total=num_calibration, unit="image"):
+            count += 1
+            yield [image[None]]
+        if count == 0:
+            raise ValueError("calibration_data yielded no images.")
+
+    infer = make_inference_fn(model, align_corners=align_corners, with_logits=True)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default", infer, input_signature=[tf.TensorSpec([1, height, width, 3], tf.uint8, name="images")]
+    )
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(out_dir, exist_ok=True)
+    # Keras 3 models convert reliably through a SavedModel (from_concrete_functions keeps variable
+    # reads, which break int8 calibration).
+    with tempfile.TemporaryDirectory(prefix=".tflite-export-", dir=out_dir) as saved:
+        archive.write_out(saved, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["serving_default"])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        _configure_quantization(converter, quantize, representative)
+        flatbuffer = converter.convert()
+    check_builtin_only(flatbuffer)
+
+    tmp = f"{out_path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(flatbuffer)
+        os.replace(tmp, out_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    if class_names is not None:
+        _write_labels(labels_path(out_path), class_names)
+    return str(out_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def _parse_overrides(items):
+    import yaml  # YAML scalars: "alpha=0.35" -> 0.35, "output_stride=8" -> 8
+
+    overrides = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-arg expects KEY=VALUE, got {item!r}.")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def load_model(weights, model_name=None, num_classes=None, overrides=None):
+    """A `.keras` file loads as is; any other weights file (`.weights.h5`, checkpoint) is loaded into
+    `ocr_tf.models.build_model(model_name, num_classes, **overrides)`."""
+    from ocr_tf import models  # registers the model's layers for deserialisation
+
+    if weights and str(weights).endswith(".keras"):
+        return keras.saving.load_model(weights, compile=False)
+    if model_name is None or num_classes is None:
+        raise ValueError("--model and the number of classes are needed unless --weights is a .keras file.")
+    model = models.build_model(model_name, num_classes, **(overrides or {}))
+    if weights:
+        model.load_weights(weights)
+    return model
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m ocr_tf.export",
+        description="Export a segmenter as a TF Serving SavedModel or a TFLite model (preprocessing, "
+        "resize to the input size and argmax inside).",
+    )
+    parser.add_argument("--weights", help="a .keras model, or a weights file for --model (random weights if omitted)")
+    parser.add_argument("--model", help="registered model name, e.g. mobilenetv2_ocr (needed unless --weights is .keras)")
+    parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="build_model override, e.g. alpha=0.35")
+    parser.add_argument("--dataset", default="demo", help="dataset whose class names label the outputs (default demo)")
+    parser.add_argument("--format", choices=("saved_model", "tflite"), required=True)
+    parser.add_argument("--output", help="SavedModel: base dir (default saved_models/<name>); TFLite: file path")
+    parser.add_argument("--version", type=int, help="SavedModel version (default: next integer)")
+    parser.add_argument("--with-probabilities", action="store_true", help="SavedModel: also output softmax probabilities")
+    parser.add_argument("--input-size", default="512x1024", help="TFLite: fixed HEIGHTxWIDTH (default 512x1024)")
+    parser.add_argument("--quantize", choices=QUANTIZE_MODES, default="none", help="TFLite quantization")
+    parser.add_argument("--calibration", help="TFLite int8: glob of TFRecords (default: the demo training set)")
+    parser.add_argument("--num-calibration", type=int, default=100, help="int8 calibration images (default 100)")
+    parser.add_argument(
+        "--align-corners", action=argparse.BooleanOptionalAction, default=True,
+        help="resize logits with align_corners=True as the model was trained (default on)",
+    )
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from ocr_tf.data.datasets import get_dataset_info
+
+    class_names = list(get_dataset_info(args.dataset).class_names)
+    model = load_model(args.weights, args.model, len(class_names), _parse_overrides(args.model_arg))
+    name = args.model or os.path.splitext(os.path.basename(args.weights))[0].removesuffix(".weights")
+    if args.format == "saved_model":
+        path = export_saved_model(
+            model,
+            args.output or os.path.join("saved_models", name),
+            version=args.version,
+            with_probabilities=args.with_probabilities,
+            align_corners=args.align_corners,
+            class_names=class_names,
+        )
+    else:
+        calibration = args.calibration
+        if calibration is None and args.quantize.startswith("int8"):
+            if args.dataset != "demo":
+                raise SystemExit("--calibration GLOB (the dataset's TFRecords) is needed for int8.")
+            from ocr_tf.data.datasets.demo import prepare_demo
+
+            calibration = prepare_demo()["train"]
+        size = parse_input_size(args.input_size)
+        path = export_tflite(
+            model,
+            args.output or os.path.join("saved_models", "tflite", f"{name}_{size[0]}x{size[1]}_{args.quantize}.tflite"),
+            input_size=size,
+            quantize=args.quantize,
+            calibration_data=calibration,
+            class_names=class_names,
+            num_calibration=args.num_calibration,
+            align_corners=args.align_corners,
+        )
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
