@@ -185,8 +185,16 @@ def _check_overrides(name, overrides, allowed):
 
 
 def _head_kwargs_accepted(cls):
-    params = inspect.signature(cls.__init__).parameters
-    return {p for p in params if p not in ("self", "num_classes", "args", "kwargs")}
+    """Constructor arguments of a head class, following **kwargs up to keras' Layer."""
+    accepted = set()
+    for klass in cls.__mro__:
+        if klass is keras.layers.Layer or "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        accepted |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return accepted - {"self", "num_classes"}
 
 
 def _make_head(head, family, num_classes, opts):
