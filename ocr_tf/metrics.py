@@ -32,12 +32,15 @@ def _check_num_classes(num_classes):
     return int(num_classes)
 
 
-def confusion_matrix_np(labels, predictions, num_classes, ignore_label=IGNORE_LABEL):
+def confusion_matrix_np(labels, predictions, num_classes, ignore_label=IGNORE_LABEL, void_predictions=False):
     """int64 (K, K) matrix, rows = ground truth, columns = prediction, of one or more label maps.
 
     `labels` and `predictions` are integer arrays of the same shape. A label that is neither
-    `ignore_label` nor in [0, K) is an error (it would silently corrupt the counts); a prediction
-    outside [0, K) is an error too.
+    `ignore_label` nor in [0, K) is an error (it would silently corrupt the counts), and so is a
+    prediction outside [0, K) unless `void_predictions`: then predictions equal to
+    `ignore_label` ("no class", e.g. a Cityscapes labelId that is not evaluated) are counted in
+    an extra last column, giving a (K, K + 1) matrix: misses of the true class, nobody's false
+    positive, exactly as cityscapesscripts counts them.
     """
     k = _check_num_classes(num_classes)
     labels = np.asarray(labels)
@@ -47,27 +50,35 @@ def confusion_matrix_np(labels, predictions, num_classes, ignore_label=IGNORE_LA
     keep = labels != ignore_label
     y = labels[keep].astype(np.int64)
     p = predictions[keep].astype(np.int64)
-    for name, values in (("label", y), ("prediction", p)):
-        bad = (values < 0) | (values >= k)
+    columns = k + 1 if void_predictions else k
+    if void_predictions:
+        p[p == ignore_label] = k
+    for name, values, limit in (("label", y, k), ("prediction", p, columns)):
+        bad = (values < 0) | (values >= limit)
         if bad.any():
             raise ValueError(
                 f"{name} values must be in [0, {k}) or the ignore label {ignore_label}; "
                 f"found {sorted(set(values[bad].tolist()))[:10]}."
             )
-    return np.bincount(y * k + p, minlength=k * k).reshape(k, k).astype(np.int64)
+    return np.bincount(y * columns + p, minlength=k * columns).reshape(k, columns).astype(np.int64)
 
 
 class ConfusionMatrix:
     """Streaming int64 confusion matrix in NumPy: `update(labels, predictions)` per image/batch,
-    `result()` for the scores, `matrix` for the counts."""
+    `result()` for the scores, `matrix` for the counts ((K, K + 1) with `void_predictions`, see
+    `confusion_matrix_np`)."""
 
-    def __init__(self, num_classes, ignore_label=IGNORE_LABEL):
+    def __init__(self, num_classes, ignore_label=IGNORE_LABEL, void_predictions=False):
         self.num_classes = _check_num_classes(num_classes)
         self.ignore_label = ignore_label
-        self.matrix = np.zeros((self.num_classes, self.num_classes), np.int64)
+        self.void_predictions = bool(void_predictions)
+        columns = self.num_classes + 1 if self.void_predictions else self.num_classes
+        self.matrix = np.zeros((self.num_classes, columns), np.int64)
 
     def update(self, labels, predictions):
-        self.matrix += confusion_matrix_np(labels, predictions, self.num_classes, self.ignore_label)
+        self.matrix += confusion_matrix_np(
+            labels, predictions, self.num_classes, self.ignore_label, self.void_predictions
+        )
         return self
 
     def merge(self, other):
@@ -86,7 +97,8 @@ class ConfusionMatrix:
 
 
 def miou_from_confusion(cm, class_names=None):
-    """Scores of an int (K, K) confusion matrix (rows = ground truth, columns = prediction).
+    """Scores of an int (K, K) confusion matrix (rows = ground truth, columns = prediction), or
+    (K, K + 1) whose last column counts void predictions (misses, no class's false positive).
 
     Returns a dict of plain Python values (fractions in [0, 1], not percent):
     miou (NaN-excluding mean of per_class_iou), per_class_iou (list; NaN where the class has
@@ -96,13 +108,14 @@ def miou_from_confusion(cm, class_names=None):
     class_names (when given).
     """
     cm = np.asarray(cm, np.int64)
-    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
-        raise ValueError(f"confusion matrix must be square (K, K), got shape {cm.shape}.")
-    if class_names is not None and len(class_names) != cm.shape[0]:
-        raise ValueError(f"{len(class_names)} class names for a {cm.shape[0]}-class confusion matrix.")
-    tp = np.diag(cm).astype(np.float64)
-    gt = cm.sum(axis=1).astype(np.float64)
-    pred = cm.sum(axis=0).astype(np.float64)
+    if cm.ndim != 2 or cm.shape[1] not in (cm.shape[0], cm.shape[0] + 1):
+        raise ValueError(f"confusion matrix must be (K, K) or (K, K + 1), got shape {cm.shape}.")
+    k = cm.shape[0]
+    if class_names is not None and len(class_names) != k:
+        raise ValueError(f"{len(class_names)} class names for a {k}-class confusion matrix.")
+    tp = np.diag(cm[:, :k]).astype(np.float64)
+    gt = cm.sum(axis=1).astype(np.float64)  # void predictions included: they are misses
+    pred = cm[:, :k].sum(axis=0).astype(np.float64)
     union = gt + pred - tp
     total = float(cm.sum())
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -57,6 +57,22 @@ def test_miou_matches_numpy_reference_with_ignore_and_absent_classes():
     assert scores["num_pixels"] == int(np.sum(labels != IGNORE))
 
 
+def test_void_predictions_are_misses_not_false_positives():
+    rng = np.random.default_rng(6)
+    labels, preds = random_maps(rng)
+    preds[rng.random(preds.shape) < 0.15] = IGNORE  # "no class" predictions
+    cm = ConfusionMatrix(K, void_predictions=True).update(labels, preds).matrix
+    assert cm.shape == (K, K + 1)
+    valid = labels != IGNORE
+    for c in range(4):
+        tp = np.sum((labels == c) & (preds == c))
+        fp = np.sum((labels != c) & valid & (preds == c))
+        fn = np.sum((labels == c) & (preds != c))  # void predictions included
+        np.testing.assert_allclose(miou_from_confusion(cm)["per_class_iou"][c], tp / (tp + fp + fn), rtol=1e-12)
+    with pytest.raises(ValueError, match="prediction values"):
+        confusion_matrix_np(labels, preds, K)  # without void_predictions, 255 is not a class
+
+
 def test_streaming_equals_one_shot_and_is_int64():
     rng = np.random.default_rng(1)
     labels, preds = random_maps(rng, (5, 9, 11))
