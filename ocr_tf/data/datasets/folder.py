@@ -45,6 +45,12 @@ def label_map(info, remap=None):
     return {src: dst for src, dst in mapping.items() if dst < info.num_classes or dst == IGNORE_LABEL}
 
 
+def available_splits(root):
+    """The split folders present under images/, or ('train',) for a flat images/ folder."""
+    found = tuple(s for s in SPLITS + ("test",) if os.path.isdir(os.path.join(root, "images", s)))
+    return found or ("train",)
+
+
 def find_pairs(root, split):
     image_dir, mask_dir = os.path.join(root, "images", split), os.path.join(root, "masks", split)
     if not os.path.isdir(image_dir):
