@@ -1,0 +1,376 @@
+"""Benchmarks. `python -m ocr_tf.bench context` reproduces the paper's Table 4 on this machine.
+
+For OCR and each compared head (`ocr_tf.layers.context.CONTEXT_HEADS`) at input 1 x S x S x 2048,
+K = 19, the context module alone (the deep-supervision branch every method shares is left out;
+OCR gets its soft object regions as an input, as it reuses that branch's output):
+
+* parameters: trainable weights of the module;
+* FLOPs: counted per op from the traced graph of the module's `tf.function` (Conv2D, MatMul,
+  BatchMatMul and Einsum, 2 x multiply-adds from their static shapes; softmax, BN, resize and
+  element-wise ops are not counted, as is usual for FLOPs tables). OCR's count is checked
+  against `ocr_analytic_flops`;
+* peak memory: the peak of TensorFlow's CPU allocator during one inference (its BFC allocator,
+  switched on with TF_CPU_ALLOCATOR_USE_BFC=true before TensorFlow starts, keeps the statistics
+  that `tf.config.experimental.get_memory_info` reads): every live tensor, i.e. weights, input,
+  intermediates and output (also reported: the extra over what was held before the call). The
+  paper measured GPU memory on a P40 the same way (allocator peak), so the numbers compare;
+* latency: median of `--repeats` calls after `--warmup` calls;
+* the machine's float32 matmul peak (best of a few n x n matmuls) and OCR's latency against
+  its roofline FLOPs / peak. "stem" times the 3x3 2048->512 conv alone, which OCR and every
+  relational head share.
+"""
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+# Table 4 of the paper (P40, input 1 x 2048 x 128 x 128): params (M), memory (MB), GFLOPs, ms.
+PAPER_TABLE4 = {
+    "ocr": (10.5, 202, 340, 45),
+    "ppm": (23.1, 792, 619, 99),
+    "aspp": (15.5, 284, 492, 97),
+    "danet": (10.6, 2339, 1110, 121),
+    "cc_attention": (10.6, 427, 804, 131),
+    "self_attention": (10.5, 2168, 619, 96),
+    "double_attention": (10.2, 209, 338, 46),
+}
+HEADS = ("ocr", "ppm", "aspp", "danet", "cc_attention", "self_attention", "double_attention")
+COUNTED_OPS = ("Conv2D", "MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum")
+
+
+def ocr_analytic_flops(size, in_channels=2048, mid=512, key=256, num_classes=19):
+    """2 x multiply-adds of the OCR module at an S x S input (Table 4's OCR row):
+    stem conv3x3, gather (eq. 4), phi on pixels, psi and delta on the K regions, relation and
+    context (eqs. 5, 3), rho, fuse g (eq. 6), classifier."""
+    n, k = size * size, num_classes
+    macs = (
+        n * 9 * in_channels * mid  # conv3x3_ocr
+        + n * k * mid  # f_k = sum_i m_ki x_i
+        + n * (mid * key + key * key)  # phi: two conv1x1 on the pixels
+        + k * (mid * key + key * key)  # psi: two conv1x1 on the K region vectors
+        + k * mid * key  # delta on the regions
+        + n * k * key  # phi(x)^T psi(f)
+        + n * k * key  # sum_k w_ik delta(f_k)
+        + n * key * mid  # rho
+        + n * 2 * mid * mid  # g on [context, pixels]
+        + n * mid * num_classes  # classifier
+    )
+    return 2 * macs
+
+
+def count_graph_flops(graph):
+    """2 x multiply-adds of the conv / matmul / einsum ops of a graph with static shapes,
+    and the count per op type."""
+    per_type = {}
+    for op in graph.get_operations():
+        if op.type not in COUNTED_OPS:
+            continue
+        out = op.outputs[0].shape.as_list()
+        shapes = [t.shape.as_list() for t in op.inputs]
+        if None in out or any(None in s for s in shapes):
+            raise ValueError(f"op {op.name} ({op.type}) has an unknown static shape: {shapes} -> {out}.")
+        if op.type == "Conv2D":
+            kh, kw, cin, _ = shapes[1]
+            flops = 2 * int(np.prod(out)) * kh * kw * cin
+        elif op.type == "MatMul":
+            a = shapes[0]
+            inner = a[0] if op.get_attr("transpose_a") else a[1]
+            flops = 2 * int(np.prod(out)) * inner
+        elif op.type.startswith("BatchMatMul"):
+            a = shapes[0]
+            adj = op.get_attr("adj_x")
+            inner = a[-2] if adj else a[-1]
+            flops = 2 * int(np.prod(out)) * inner
+        else:  # Einsum
+            flops = _einsum_flops(op.get_attr("equation").decode(), shapes)
+        per_type[op.type] = per_type.get(op.type, 0) + flops
+    return sum(per_type.values()), per_type
+
+
+def _einsum_flops(equation, shapes):
+    inputs, output = equation.replace(" ", "").split("->")
+    dims = {}
+    for labels, shape in zip(inputs.split(","), shapes):
+        if "." in labels:
+            raise ValueError(f"ellipsis einsum {equation!r} is not counted.")
+        for label, dim in zip(labels, shape):
+            dims[label] = dim
+    contracted = set(dims) - set(output)
+    total = int(np.prod([dims[label] for label in dims]))
+    return 2 * total if contracted else total
+
+
+def peak_memory_mib(fn, inputs):
+    """(peak, extra) MiB of TensorFlow's CPU allocator during one call: `peak` counts every live
+    tensor (weights, input, intermediates, output), `extra` what the call added to what was held
+    before. None, None when the allocator keeps no statistics (TensorFlow was initialised before
+    `TF_CPU_ALLOCATOR_USE_BFC=true` was set; `main` sets it)."""
+    import tensorflow as tf
+
+    gc.collect()
+    try:
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    except (ValueError, tf.errors.OpError):
+        return None, None
+    np.asarray(fn(*inputs))
+    peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+    return peak / 2**20, (peak - before) / 2**20
+
+
+def time_calls(fn, inputs, warmup, repeats):
+    for _ in range(warmup):
+        np.asarray(fn(*inputs))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.asarray(fn(*inputs))
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def matmul_peak_gflops(n, repeats=5):
+    """Best float32 n x n matmul throughput of this machine (GFLOP/s)."""
+    import tensorflow as tf
+
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    matmul = tf.function(lambda x, y: tf.matmul(x, y))
+    times = time_calls(matmul, (a, b), warmup=1, repeats=repeats)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def trainable_params(layers):
+    return int(sum(int(np.prod(w.shape)) for layer in layers for w in layer.trainable_weights))
+
+
+def build_module(name, size, channels, num_classes):
+    """(tf.function of the context module, its inputs, its parameter count) for one head."""
+    import tensorflow as tf
+
+    from ocr_tf.layers import OCRHead
+    from ocr_tf.layers.common import ConvBN
+    from ocr_tf.layers.context import CONTEXT_HEADS, TABLE4_OCR_CONFIG
+
+    features = tf.random.normal((1, size, size, channels))
+    if name == "ocr":
+        head = OCRHead(num_classes, **TABLE4_OCR_CONFIG)
+        head.build((None, None, None, channels))
+        regions = tf.random.normal((1, size, size, num_classes))
+
+        def module(x, region_logits):
+            feats = head.conv3x3_ocr(x, training=False)
+            feats = head.ocr(feats, head.gather(feats, region_logits), training=False)
+            return head.cls_head(feats)
+
+        layers = [head.conv3x3_ocr, head.ocr, head.cls_head]
+        inputs = (features, regions)
+    elif name == "stem":
+        stem = ConvBN(TABLE4_OCR_CONFIG["mid_channels"], 3, use_bias=True, name="stem")
+        stem.build((None, None, None, channels))
+
+        def module(x):
+            return stem(x, training=False)
+
+        layers, inputs = [stem], (features,)
+    else:
+        if name not in CONTEXT_HEADS:
+            raise ValueError(f"Unknown head {name!r}; known: ocr, stem, {', '.join(CONTEXT_HEADS)}.")
+        head = CONTEXT_HEADS[name](num_classes)
+        head.build((None, None, None, channels))
+
+        def module(x):
+            return head.context_logits(x, training=False)
+
+        inputs = (features,)
+        params = trainable_params([head]) - trainable_params([head.aux_head])
+        return tf.function(module), inputs, params
+    return tf.function(module), inputs, trainable_params(layers)
+
+
+def bench_head(name, args):
+    import tensorflow as tf
+
+    fn, inputs, params = build_module(name, args.size, args.channels, args.num_classes)
+    graph = fn.get_concrete_function(*[tf.TensorSpec(x.shape, x.dtype) for x in inputs]).graph
+    flops, per_type = count_graph_flops(graph)
+    times = time_calls(fn, inputs, args.warmup, args.repeats)
+    peak, extra = peak_memory_mib(fn, inputs)
+    return {
+        "params": params,
+        "gflops": flops / 1e9,
+        "gflops_by_op": {k: v / 1e9 for k, v in per_type.items()},
+        "peak_mib": peak,
+        "peak_extra_mib": extra,
+        "latency_ms": 1e3 * statistics.median(times),
+        "latency_all_ms": [1e3 * t for t in times],
+    }
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def markdown_table(result):
+    heads = result["heads"]
+    ocr = heads.get("ocr")
+    lines = [
+        "| head | params (M) | paper | GFLOPs | paper | peak mem (MiB) | paper GPU mem (MB) "
+        "| latency (ms) | paper (ms) | latency / OCR | paper / OCR |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in heads.items():
+        paper = PAPER_TABLE4.get(name)
+        ratio = r["latency_ms"] / ocr["latency_ms"] if ocr else None
+        paper_ratio = paper[3] / PAPER_TABLE4["ocr"][3] if paper else None
+        lines.append(
+            f"| {name} | {r['params'] / 1e6:.3f} | {_fmt(paper and paper[0], '.1f')} | {r['gflops']:.1f} "
+            f"| {_fmt(paper and paper[2], 'd')} | {_fmt(r['peak_mib'], '.0f')} | {_fmt(paper and paper[1], 'd')} "
+            f"| {r['latency_ms']:.1f} | {_fmt(paper and paper[3], 'd')} | {_fmt(ratio, '.2f')} | {_fmt(paper_ratio, '.2f')} |"
+        )
+    return "\n".join(lines)
+
+
+def goals(result):
+    """The issue's goals, evaluated on this run (None where the run cannot tell)."""
+    heads, out = result["heads"], {}
+    ocr = heads.get("ocr")
+    if not ocr:
+        return out
+    table4 = result["size"] == 128 and result["channels"] == 2048 and result["num_classes"] == 19
+    if table4:
+        out["ocr_params_within_2pct_of_10.5M"] = abs(ocr["params"] / 10.5e6 - 1) <= 0.02
+        out["ocr_flops_within_3pct_of_340G"] = abs(ocr["gflops"] / 340 - 1) <= 0.03
+    for name in ("ppm", "aspp", "danet", "self_attention", "cc_attention"):
+        if name in heads:
+            out[f"ocr_2x_faster_than_{name}"] = heads[name]["latency_ms"] >= 2 * ocr["latency_ms"]
+    out["ocr_within_1.25x_of_roofline"] = result["ocr"]["latency_over_roofline"] <= 1.25
+    return out
+
+
+def run_context(args):
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    names = list(args.heads)
+    if "ocr" not in names:
+        names.insert(0, "ocr")  # ratios are to OCR
+    peak = matmul_peak_gflops(args.matmul_size)
+    result = {
+        "size": args.size,
+        "channels": args.channels,
+        "num_classes": args.num_classes,
+        "threads": args.threads,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "tensorflow": tf.__version__,
+        },
+        "matmul_peak_gflops": peak,
+        "matmul_size": args.matmul_size,
+        "heads": {},
+    }
+    for name in tqdm(names, desc="context heads", file=sys.stderr):
+        result["heads"][name] = bench_head(name, args)
+        gc.collect()
+    ocr = result["heads"]["ocr"]
+    analytic = ocr_analytic_flops(args.size, args.channels, num_classes=args.num_classes) / 1e9
+    roofline_ms = 1e3 * ocr["gflops"] / peak
+    result["ocr"] = {
+        "analytic_gflops": analytic,
+        "graph_matches_analytic": abs(analytic - ocr["gflops"]) <= 1e-9 * analytic,
+        "roofline_ms": roofline_ms,
+        "latency_over_roofline": ocr["latency_ms"] / roofline_ms,
+    }
+    result["goals"] = goals(result)
+    return result
+
+
+def print_report(result, stream=sys.stdout):
+    print(
+        f"Table 4 on this machine: input 1 x {result['size']} x {result['size']} x {result['channels']}, "
+        f"K = {result['num_classes']}, threads {result['threads'] or 'default'}; "
+        f"median of {result['repeats']} after {result['warmup']} warm-up",
+        file=stream,
+    )
+    print(markdown_table(result), file=stream)
+    ocr = result["ocr"]
+    print(
+        f"\nmatmul peak (float32, {result['matmul_size']}^3): {result['matmul_peak_gflops']:.0f} GFLOP/s; "
+        f"OCR: {result['heads']['ocr']['gflops']:.2f} GFLOPs from the graph, {ocr['analytic_gflops']:.2f} "
+        f"analytic (match: {ocr['graph_matches_analytic']}); roofline {ocr['roofline_ms']:.1f} ms, "
+        f"measured / roofline = {ocr['latency_over_roofline']:.2f}",
+        file=stream,
+    )
+    for goal, ok in result["goals"].items():
+        print(f"goal {goal}: {'yes' if ok else 'NO'}", file=stream)
+
+
+def write_atomic(path, text):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m ocr_tf.bench", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ctx = sub.add_parser("context", help="Table 4: parameters, FLOPs, memory and latency of the context heads")
+    ctx.add_argument("--size", type=int, default=128, help="input height = width (Table 4: 128)")
+    ctx.add_argument("--channels", type=int, default=2048, help="input channels (Table 4: 2048)")
+    ctx.add_argument("--num-classes", type=int, default=19, help="K (Table 4: 19)")
+    ctx.add_argument(
+        "--heads",
+        nargs="+",
+        default=list(HEADS) + ["stem"],
+        help=f"heads to run (OCR always runs): {', '.join(HEADS)}, stem (the shared conv3x3 alone)",
+    )
+    ctx.add_argument("--threads", type=int, default=0, help="intra-op threads (0: TensorFlow's default)")
+    ctx.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
+    ctx.add_argument("--repeats", type=int, default=5, help="timed calls; the median is reported")
+    ctx.add_argument("--matmul-size", type=int, default=4096, help="n of the n x n matmul measuring the peak")
+    ctx.add_argument("--json", help="write the results as JSON to this path")
+    ctx.add_argument("--markdown", help="write the results table (Markdown) to this path")
+    args = parser.parse_args(argv)
+    for flag in ("size", "channels", "num_classes", "repeats", "matmul_size"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.warmup < 1:
+        parser.error("--warmup must be >= 1 (the first call traces the graph)")
+    unknown = [h for h in args.heads if h not in HEADS + ("stem",)]
+    if unknown:
+        parser.error(f"unknown heads {unknown}; choose from {', '.join(HEADS)}, stem")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    # Must precede TensorFlow's start: the BFC allocator is the CPU allocator that keeps statistics.
+    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+    import tensorflow as tf
+
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    result = run_context(args)
+    print_report(result)
+    if args.json:
+        write_atomic(args.json, json.dumps(result, indent=2) + "\n")
+    if args.markdown:
+        write_atomic(args.markdown, markdown_table(result) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
