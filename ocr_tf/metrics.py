@@ -138,20 +138,26 @@ def miou_from_confusion(cm, class_names=None):
 
 
 def confusion_matrix_tf(labels, predictions, num_classes, ignore_label=IGNORE_LABEL):
-    """TensorFlow twin of `confusion_matrix_np`: int64 (K, K); asserts labels are in range."""
+    """TensorFlow twin of `confusion_matrix_np`: int64 (K, K).
+
+    XLA-compatible (Keras compiles train/test steps with XLA on GPUs): no boolean masks and
+    static output sizes. Ignored pixels go to an extra bin that is dropped. Labels outside
+    [0, K) fail an assertion when run without XLA (XLA drops assertions); either way they are
+    not counted.
+    """
     k = _check_num_classes(num_classes)
     y = tf.reshape(tf.cast(labels, tf.int32), [-1])
     p = tf.reshape(tf.cast(predictions, tf.int32), [-1])
     keep = tf.not_equal(y, ignore_label)
-    y = tf.boolean_mask(y, keep)
-    p = tf.boolean_mask(p, keep)
-    checks = [
-        tf.debugging.assert_non_negative(y, message=f"labels must be in [0, {k}) or {ignore_label}"),
-        tf.debugging.assert_less(y, k, message=f"labels must be in [0, {k}) or {ignore_label}"),
-    ]
-    with tf.control_dependencies(checks):
-        # Counts of one batch fit int32 (< 2**31 pixels); the running sum is int64.
-        counts = tf.math.bincount(y * k + p, minlength=k * k, maxlength=k * k, dtype=tf.int32)
+    in_range = tf.logical_and(y >= 0, y < k)
+    check = tf.debugging.Assert(
+        tf.reduce_all(tf.logical_or(in_range, tf.logical_not(keep))),
+        [f"labels must be in [0, {k}) or {ignore_label}; got min/max", tf.reduce_min(y), tf.reduce_max(y)],
+    )
+    with tf.control_dependencies([check]):
+        index = tf.where(tf.logical_and(keep, in_range), y * k + p, k * k)
+    # Counts of one batch fit int32 (< 2**31 pixels); the running sum is int64.
+    counts = tf.math.unsorted_segment_sum(tf.ones_like(index), index, k * k + 1)[: k * k]
     return tf.cast(tf.reshape(counts, [k, k]), tf.int64)
 
 

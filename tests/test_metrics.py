@@ -101,6 +101,8 @@ def test_tf_confusion_matrix_equals_numpy():
     cm = confusion_matrix_tf(labels, preds, K)
     assert cm.dtype == tf.int64
     np.testing.assert_array_equal(cm.numpy(), confusion_matrix_np(labels, preds, K))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"labels must be in \[0, 6\)"):
+        confusion_matrix_tf(np.array([[1, 9]]), np.array([[1, 1]]), K)
 
 
 def resize_align_corners_np(x, size):
@@ -142,7 +144,8 @@ def test_keras_metric_counts_past_int32():
     assert cm.dtype == np.int64 and cm[1, 1] == 2**31 + 3 and cm[0, 0] == 2**31 - 1
 
 
-def test_keras_metric_in_compile_evaluate():
+@pytest.mark.parametrize("jit_compile", [False, True])  # Keras uses XLA by default on GPUs
+def test_keras_metric_in_compile_evaluate(jit_compile):
     rng = np.random.default_rng(4)
     x = rng.normal(size=(4, 8, 8, 3)).astype(np.float32)
     y = rng.integers(0, 3, size=(4, 16, 16))
@@ -151,7 +154,8 @@ def test_keras_metric_in_compile_evaluate():
     logits = keras.layers.Conv2D(3, 1, name="logits")(inp)
     model = keras.Model(inp, {"logits": logits})
     # Labels are at twice the logits' size; the metric resizes (the loss is irrelevant here).
-    model.compile(loss={"logits": lambda y, p: tf.reduce_mean(p) * 0.0}, metrics={"logits": SegmentationMeanIoU(3, name="miou")})
+    model.compile(loss={"logits": lambda y, p: tf.reduce_mean(p) * 0.0}, metrics={"logits": SegmentationMeanIoU(3, name="miou")},
+                  jit_compile=jit_compile)
     result = model.evaluate(x, {"logits": y}, batch_size=2, return_dict=True, verbose=0)
     preds = resize_align_corners_np(model.predict(x, verbose=0)["logits"].astype(np.float64), (16, 16)).argmax(-1)
     expected = np.nanmean(reference_scores(y, preds, 3)[0])
