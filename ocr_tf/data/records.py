@@ -288,7 +288,7 @@ def decode_record(serialized, num_classes, ignore_label=IGNORE_LABEL, file="", i
     sid = f[SOURCE_ID_KEY]
     where = tf.strings.join([
         "record ", tf.strings.as_string(tf.cast(index, tf.int64)), " of ", tf.convert_to_tensor(file),
-        " (source_id '", sid, "'):"])
+        " (source_id: ", sid, "):"])
     data = f[IMAGE_KEY]
     magic_ok = tf.logical_or(tf.strings.substr(data, 0, 8) == b"\x89PNG\r\n\x1a\n",
                              tf.strings.substr(data, 0, 3) == b"\xff\xd8\xff")
