@@ -237,8 +237,9 @@ def _head_options(head):
 def _assemble(inputs, feats, aux, head_layer, name):
     out = head_layer(feats, aux_features=aux)
     outputs = {
-        "logits": keras.layers.Identity(name="logits")(out["logits"]),
-        "aux_logits": keras.layers.Identity(name="aux_logits")(out["aux_logits"]),
+        # float32 layers, so that mixed precision never casts the logits back to float16
+        "logits": keras.layers.Identity(name="logits", dtype="float32")(out["logits"]),
+        "aux_logits": keras.layers.Identity(name="aux_logits", dtype="float32")(out["aux_logits"]),
     }
     return keras.Model(inputs, outputs, name=name)
 
