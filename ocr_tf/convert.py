@@ -11,7 +11,11 @@ Drops the `model.` prefix of released files, skips `loss.*` (class weights) and 
 transposes conv kernels OIHW -> HWIO. Every missing, unexpected or mis-shaped tensor stops the
 conversion with the full list: a checkpoint never loads half-way. Writes `<model>.keras` and
 `<model>.weights.h5` atomically. `--verify REF.npz` runs the reference inputs (`input_N`, NCHW)
-through the converted model and compares with the reference outputs (`aux_N`, `out_N`).
+through the converted model and compares with the reference outputs (`aux_N`, `out_N`) (the
+official PyTorch model source is not bundled, so verification uses saved reference outputs).
+`--backbone-only` converts just the HRNet backbone (e.g. the ImageNet-pretrained
+`hrnetv2_w48_imagenet_pretrained.pth`, whose classification head is skipped) into
+`<backbone>_backbone.weights.h5`, which `build_model(..., weights=...)` loads.
 """
 
 import argparse
@@ -27,6 +31,9 @@ from ocr_tf.backbones.hrnet import torch_bn_name, torch_conv_name
 
 # Relative error allowed by `--verify` (max |a - b| / max |b|).
 VERIFY_TOLERANCE = 1e-4
+# Top-level modules of the official HRNet backbone (stem, stage 1, transitions, stages 2-4).
+BACKBONE_ROOTS = ("conv1", "bn1", "conv2", "bn2", "layer1", "transition1", "transition2", "transition3",
+                  "stage2", "stage3", "stage4")
 
 
 class CheckpointMismatch(ValueError):
@@ -104,17 +111,24 @@ def _conv_entries(conv, name):
     return {f"{name}.weight": conv.kernel, f"{name}.bias": conv.bias}
 
 
-def official_variables(model):
-    """{official state_dict name: keras variable} for an HRNet model built by `build_model`."""
+def backbone_variables(backbone):
+    """{official state_dict name: keras variable} for an HRNet backbone (`hrnet_backbone`)."""
     from ocr_tf.layers.common import ConvBN
-    from ocr_tf.layers.ocr import OCRHead
-    from ocr_tf.models import FCNHead
 
     entries = {}
-    for layer in model.get_layer("backbone").layers:
+    for layer in backbone.layers:
         if isinstance(layer, ConvBN):
             conv = torch_conv_name(layer.name)
             entries.update(_conv_bn_entries(layer, conv, torch_bn_name(conv)))
+    return entries
+
+
+def official_variables(model):
+    """{official state_dict name: keras variable} for an HRNet model built by `build_model`."""
+    from ocr_tf.layers.ocr import OCRHead
+    from ocr_tf.models import FCNHead
+
+    entries = backbone_variables(model.get_layer("backbone"))
     head = model.get_layer("head")
     if isinstance(head, OCRHead) and head.style == "hrnet":
         att = head.ocr.attention
@@ -146,10 +160,20 @@ def _to_keras(value):
     return np.transpose(value, (2, 3, 1, 0)) if value.ndim == 4 else value
 
 
-def load_official_weights(model, state, source="<state_dict>"):
-    """Assign a cleaned official state_dict to `model`; raises CheckpointMismatch listing every problem
-    before assigning anything."""
-    targets = official_variables(model)
+def backbone_part(state):
+    """The backbone tensors of a state_dict: an ImageNet HRNet file also holds its classification
+    head (incre_modules, downsamp_modules, final_layer, classifier), a segmentation file its head."""
+    return {k: v for k, v in state.items() if k.split(".")[0] in BACKBONE_ROOTS}
+
+
+def load_official_weights(model, state, source="<state_dict>", backbone_only=False):
+    """Assign a cleaned official state_dict to `model` (a segmenter, or with backbone_only=True an
+    HRNet backbone fed only the backbone tensors of `state`); raises CheckpointMismatch listing every
+    problem before assigning anything."""
+    if backbone_only:
+        targets, state = backbone_variables(model), backbone_part(state)
+    else:
+        targets = official_variables(model)
     missing = sorted(set(targets) - set(state))
     unexpected = sorted(set(state) - set(targets))
     mismatched = []
@@ -222,18 +246,31 @@ def _load_extra(text):
     return data
 
 
-def convert(checkpoint, model_name, num_classes, out_dir=None, extra=None, **overrides):
+def convert(checkpoint, model_name, num_classes=None, out_dir=None, extra=None, backbone_only=False, **overrides):
     """Build `model_name`, load the official `checkpoint` into it, save it to `out_dir` (if given).
+    backbone_only=True: build only the HRNet backbone of `model_name` ("hrnet_w48" or
+    "hrnet_w48_ocr") and take only the backbone tensors (e.g. from the ImageNet-pretrained
+    `hrnetv2_w48_imagenet_pretrained.pth`), saved as `<backbone>_backbone.*` for `weights=`.
     Returns (model, [written paths])."""
-    from ocr_tf.models import build_model
+    from ocr_tf.models import BACKBONES, build_backbone, build_model
 
     if extra is not None:
         overrides["extra"] = extra
-    model = build_model(model_name, num_classes, **overrides)
+    if backbone_only:
+        backbone = model_name if model_name in BACKBONES else model_name.rsplit("_", 1)[0]
+        if BACKBONES.get(backbone, ("",))[0] != "hrnet":
+            raise ValueError(f"--backbone-only needs an HRNet model (hrnet_w48, ...), got {model_name!r}.")
+        model = build_backbone(backbone, **{k: v for k, v in overrides.items() if k in ("extra", "align_corners")})
+        stem = f"{backbone}_backbone"
+    else:
+        if num_classes is None:
+            raise ValueError("num_classes is required (unless backbone_only).")
+        model = build_model(model_name, num_classes, **overrides)
+        stem = model_name
     head = "fcn" if model_name.endswith("_fcn") else "ocr"
     state = clean_state_dict(read_state_dict(checkpoint), head)
-    load_official_weights(model, state, source=os.fspath(checkpoint))
-    paths = _atomic_save(model, out_dir, model_name) if out_dir else []
+    load_official_weights(model, state, source=os.fspath(checkpoint), backbone_only=backbone_only)
+    paths = _atomic_save(model, out_dir, stem) if out_dir else []
     return model, paths
 
 
@@ -241,7 +278,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m ocr_tf.convert", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="official .pth (needs torch) or .npz of the state_dict")
     p.add_argument("--model", required=True, help="hrnet_w48_ocr, hrnet_w18_ocr, ..., or hrnet_*_fcn")
-    p.add_argument("--num-classes", type=int, required=True)
+    p.add_argument("--num-classes", type=int, help="number of classes of the checkpoint (not with --backbone-only)")
+    p.add_argument("--backbone-only", action="store_true",
+                   help="convert only the HRNet backbone (e.g. the ImageNet-pretrained .pth) to "
+                   "<backbone>_backbone.weights.h5, for build_model(..., weights=...)")
     p.add_argument("--out", required=True, help="output directory for <model>.keras and <model>.weights.h5")
     p.add_argument("--extra", help="HRNet stage config for custom widths: JSON text or a JSON/YAML file "
                    "(the official experiment YAML works: MODEL.EXTRA is used)")
@@ -252,6 +292,10 @@ def main(argv=None):
     p.add_argument("--verify", metavar="REF.npz",
                    help="reference inputs/outputs (input_N, aux_N, out_N; NCHW) to compare against")
     args = p.parse_args(argv)
+    if args.num_classes is None and not args.backbone_only:
+        p.error("--num-classes is required unless --backbone-only")
+    if args.verify and args.backbone_only:
+        p.error("--verify needs a whole model's outputs, not --backbone-only")
 
     overrides = {"align_corners": args.align_corners == "true"}
     if args.mid_channels:
@@ -259,8 +303,11 @@ def main(argv=None):
     if args.key_channels:
         overrides["key_channels"] = args.key_channels
     try:
+        if args.backbone_only:
+            overrides = {"align_corners": overrides["align_corners"]}
         model, paths = convert(
-            args.checkpoint, args.model, args.num_classes, args.out, extra=_load_extra(args.extra), **overrides
+            args.checkpoint, args.model, args.num_classes, args.out, extra=_load_extra(args.extra),
+            backbone_only=args.backbone_only, **overrides,
         )
     except (CheckpointMismatch, FileNotFoundError, ImportError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -161,3 +161,28 @@ def test_pth_without_torch_gives_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "torch", None)
     with pytest.raises(ImportError, match="needs PyTorch"):
         convert.read_state_dict(path)
+
+
+def test_backbone_only_from_an_imagenet_style_file_feeds_build_model(fixture, config, state, tmp_path):
+    # An ImageNet HRNet file: the backbone tensors plus a classification head, no segmentation head.
+    imagenet = {k: v for k, v in state.items() if k.split(".")[0] in convert.BACKBONE_ROOTS}
+    imagenet["incre_modules.0.0.conv1.weight"] = np.zeros((32, 8, 1, 1), np.float32)
+    imagenet["classifier.weight"] = np.zeros((1000, 2048), np.float32)
+    path = tmp_path / "hrnet_tiny_imagenet.npz"
+    np.savez(path, **imagenet)
+    _, paths = convert.convert(path, "hrnet_w18_ocr", out_dir=tmp_path / "out", extra=config["extra"], backbone_only=True)
+    weights = [p for p in paths if p.endswith(".weights.h5")][0]
+    assert os.path.basename(weights) == "hrnet_w18_backbone.weights.h5"
+    model = tiny_model(config)
+    full = tiny_model(config)
+    convert.load_official_weights(full, convert.clean_state_dict(state))
+    fresh = build_model("hrnet_w18_ocr", 5, extra=config["extra"], mid_channels=32, key_channels=16, weights=weights)
+    x = np.transpose(fixture["input_1"], (0, 2, 3, 1))
+    want = np.asarray(full.get_layer("backbone")(x))
+    np.testing.assert_allclose(np.asarray(fresh.get_layer("backbone")(x)), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    assert not np.allclose(np.asarray(model.get_layer("backbone")(x)), want)  # a fresh model differs
+    # a backbone tensor missing from the file still stops the conversion
+    del imagenet["stage4.0.branches.3.0.bn2.running_var"]
+    np.savez(path, **imagenet)
+    with pytest.raises(convert.CheckpointMismatch, match="stage4.0.branches.3.0.bn2.running_var"):
+        convert.convert(path, "hrnet_w18", extra=config["extra"], backbone_only=True)

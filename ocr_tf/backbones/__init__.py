@@ -81,5 +81,7 @@ def load_backbone_weights(model, path):
 
 
 from ocr_tf.backbones.hrnet import HRNET_CONFIGS, hrnet_backbone  # noqa: E402
+from ocr_tf.backbones.mobilenet import mobilenet_backbone  # noqa: E402
+from ocr_tf.backbones.resnet import resnet_backbone  # noqa: E402
 
-__all__ = ["HRNET_CONFIGS", "hrnet_backbone", "load_backbone_weights"]
+__all__ = ["HRNET_CONFIGS", "hrnet_backbone", "load_backbone_weights", "mobilenet_backbone", "resnet_backbone"]
