@@ -1,0 +1,98 @@
+"""The Table 4 bench: its FLOP counter against tf.profiler and hand counts, OCR's graph count
+against the analytic one, and the CLI end to end at a tiny size (numbers, never timings)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import keras
+import tensorflow as tf
+from tensorflow.python.profiler import model_analyzer, option_builder
+
+from ocr_tf import bench
+
+
+def graph_of(fn, *shapes):
+    return tf.function(fn).get_concrete_function(*[tf.TensorSpec(s) for s in shapes]).graph
+
+
+def test_conv_flops_agree_with_tf_profiler():
+    conv = keras.layers.Conv2D(7, 3, padding="same")
+    graph = graph_of(lambda x: conv(x), (1, 11, 13, 5))
+    ours, per_type = bench.count_graph_flops(graph)
+    opts = option_builder.ProfileOptionBuilder.float_operation()
+    opts["output"] = "none"
+    report = model_analyzer.profile(graph, options=opts)
+    profiler_conv = sum(c.float_ops for c in report.children if c.name.endswith("convolution"))
+    assert per_type == {"Conv2D": 2 * 11 * 13 * 9 * 5 * 7} and ours == profiler_conv
+
+
+def test_einsum_and_matmul_flops():
+    graph = graph_of(
+        lambda a, b, m: (tf.einsum("bnk,bnc->bkc", a, b), tf.matmul(m, m, transpose_a=True), tf.matmul(a, b, adjoint_a=True)),
+        (2, 30, 4),
+        (2, 30, 6),
+        (8, 3),
+    )
+    total, per_type = bench.count_graph_flops(graph)
+    einsum = 2 * 2 * 30 * 4 * 6  # b, n, k, c: n contracted
+    matmul = 2 * 3 * 3 * 8  # (3 x 8) @ (8 x 3)
+    batch_matmul = 2 * 2 * 4 * 6 * 30
+    assert per_type.get("Einsum", 0) + per_type.get("BatchMatMulV2", 0) + per_type.get("BatchMatMulV3", 0) == einsum + batch_matmul
+    assert per_type["MatMul"] == matmul and total == einsum + matmul + batch_matmul
+
+
+def test_ocr_graph_flops_equal_the_analytic_count():
+    fn, inputs, params = bench.build_module("ocr", size=5, channels=24, num_classes=3)
+    graph = fn.get_concrete_function(*[tf.TensorSpec(x.shape, x.dtype) for x in inputs]).graph
+    flops, _ = bench.count_graph_flops(graph)
+    assert flops == bench.ocr_analytic_flops(5, in_channels=24, num_classes=3)
+    # Params: stem conv3x3 (bias) + BN, OCR convs with bias (openseg), classifier.
+    cbn = lambda i, o, k=1: k * k * i * o + o + 2 * o  # noqa: E731
+    assert params == cbn(24, 512, 3) + 2 * (cbn(512, 256) + cbn(256, 256)) + cbn(512, 256) + cbn(256, 512) + cbn(1024, 512) + 512 * 3 + 3
+    # At Table 4's input: 10.6M parameters and 338 GFLOPs against the paper's 10.5M and 340G.
+    n = 128 * 128  # MACs term by term: stem, gather, phi, psi, delta, relation, context, rho, g, cls
+    macs = n * 9 * 2048 * 512 + n * 19 * 512 + n * 196_608 + 19 * 196_608 + 19 * 131_072
+    macs += 2 * n * 19 * 256 + n * 131_072 + n * 524_288 + n * 512 * 19
+    assert bench.ocr_analytic_flops(128) == 2 * macs == 338_123_685_888  # 0.55% under 340G
+
+
+def test_cli_end_to_end(tmp_path):
+    out = tmp_path / "table4.json"
+    md = tmp_path / "table4.md"
+    cmd = [
+        sys.executable, "-m", "ocr_tf.bench", "context", "--size", "6", "--channels", "32",
+        "--heads", "double_attention", "stem", "--warmup", "1", "--repeats", "2",
+        "--matmul-size", "64", "--threads", "1", "--json", str(out), "--markdown", str(md),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert list(result["heads"]) == ["ocr", "double_attention", "stem"]  # OCR always, first
+    ocr, da = result["heads"]["ocr"], result["heads"]["double_attention"]
+    assert result["ocr"]["graph_matches_analytic"] is True
+    assert ocr["gflops"] == pytest.approx(bench.ocr_analytic_flops(6, in_channels=32) / 1e9)
+    # Double attention at C = 32: stem conv3x3 + BN, A2 block, fuse, classifier (context.py docstring).
+    assert da["params"] == (9 * 32 * 512 + 1024) + (512 * 256 + 512) + 2 * (512 * 64 + 64) + (256 * 512 + 1024) + (
+        1024 * 512 + 1024
+    ) + (512 * 19 + 19)
+    # The allocator peak holds at least the weights and the input, all float32.
+    for r in (ocr, da):
+        assert r["peak_mib"] * 2**20 >= 4 * (r["params"] + 6 * 6 * 32)
+        assert len(r["latency_all_ms"]) == 2 and r["latency_ms"] == pytest.approx(np.median(r["latency_all_ms"]))
+    assert result["threads"] == 1 and result["matmul_peak_gflops"] > 0
+    assert "| double_attention | 10.303 |" not in md.read_text()  # C = 32, not 2048
+    assert md.read_text().startswith("| head |") and "| ocr |" in proc.stdout
+
+
+def test_bad_arguments_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["context", "--heads", "ocr", "fcn"])
+    assert "unknown heads ['fcn']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(["context", "--size", "0"])
