@@ -208,9 +208,10 @@ class SegmentationMeanIoU(keras.metrics.Metric):
         tp = tf.linalg.diag_part(cm)
         union = tf.reduce_sum(cm, 0) + tf.reduce_sum(cm, 1) - tp
         valid = union > 0
-        iou = tf.boolean_mask(tp, valid) / tf.boolean_mask(union, valid)
-        # The mean of no IoU is NaN (nothing counted yet), as in miou_from_confusion.
-        return tf.cast(tf.reduce_mean(iou), tf.float32)
+        iou = tf.where(valid, tp / tf.where(valid, union, 1.0), 0.0)  # static shapes (XLA)
+        # 0 / 0 = NaN when nothing was counted yet, as in miou_from_confusion.
+        miou = tf.reduce_sum(iou) / tf.reduce_sum(tf.cast(valid, tf.float64))
+        return tf.cast(miou, tf.float32)
 
     def get_config(self):
         return {
