@@ -41,17 +41,26 @@ def scaled_window(image, label, scaled_size, offset, window, ignore_label=IGNORE
     oy, ox = tf.cast(offset[0], tf.float32), tf.cast(offset[1], tf.float32)
 
     # Image: crop_and_resize samples a linear grid of source coordinates; choose its box so the
-    # grid is (out + 0.5) * scale - 0.5, and pad the source by one replicated edge pixel so
-    # coordinates in [-0.5, 0) and (h-1, h-0.5] read the edge, as tf.image.resize clamps them.
-    padded = tf.pad(tf.cast(image, tf.float32), [[1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
-    y0 = (oy + 0.5) * scale_y - 0.5 + 1.0
-    x0 = (ox + 0.5) * scale_x - 0.5 + 1.0
-    y1 = y0 + (win_h - 1) * scale_y
-    x1 = x0 + (win_w - 1) * scale_x
-    hp, wp = tf.cast(h + 1, tf.float32), tf.cast(w + 1, tf.float32)  # padded size - 1
-    box = tf.stack([y0 / hp, x0 / wp, y1 / hp, x1 / wp])[None]
-    out = tf.image.crop_and_resize(padded[None], box, [0], [win_h, win_w], method="bilinear",
-                                   extrapolation_value=0.0)[0]
+    # grid is (out + 0.5) * scale - 0.5, as in tf.image.resize. Only the source rows/cols the
+    # window reads are sliced out, then padded by one replicated pixel so coordinates in
+    # [-0.5, 0) and (h-1, h-0.5] read the edge pixel, as tf.image.resize clamps them.
+    y_first = (oy + 0.5) * scale_y - 0.5
+    x_first = (ox + 0.5) * scale_x - 0.5
+    y_last = y_first + (win_h - 1) * scale_y
+    x_last = x_first + (win_w - 1) * scale_x
+    r0 = tf.clip_by_value(tf.cast(tf.floor(y_first), tf.int32), 0, h - 1)
+    c0 = tf.clip_by_value(tf.cast(tf.floor(x_first), tf.int32), 0, w - 1)
+    r1 = tf.clip_by_value(tf.cast(tf.math.ceil(y_last), tf.int32), r0, h - 1) + 1
+    c1 = tf.clip_by_value(tf.cast(tf.math.ceil(x_last), tf.int32), c0, w - 1) + 1
+    source = tf.pad(image[r0:r1, c0:c1], [[1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+    span_y = tf.cast(r1 - r0 + 1, tf.float32)  # padded slice size - 1
+    span_x = tf.cast(c1 - c0 + 1, tf.float32)
+    y0 = y_first - tf.cast(r0, tf.float32) + 1.0
+    x0 = x_first - tf.cast(c0, tf.float32) + 1.0
+    box = tf.stack([y0 / span_y, x0 / span_x, (y0 + y_last - y_first) / span_y,
+                    (x0 + x_last - x_first) / span_x])[None]
+    out = tf.image.crop_and_resize(tf.cast(source, tf.float32)[None], box, [0], [win_h, win_w],
+                                   method="bilinear", extrapolation_value=0.0)[0]
 
     # Label: nearest neighbour, source index floor((out + 0.5) * scale) clamped to the last row.
     rows = tf.range(win_h, dtype=tf.float32) + oy
@@ -99,10 +108,10 @@ def random_brightness(image, seed, max_delta=10, valid=None):
     seeds = tf.random.experimental.stateless_split(seed, 2)
     apply = _uniform(seeds[0], 0.0, 1.0) < 0.5
     delta = tf.cast(_randint(seeds[1], -int(max_delta), int(max_delta)), tf.float32)
-    shifted = tf.clip_by_value(image + delta, 0.0, 255.0)
+    delta = tf.where(apply, delta, 0.0)
     if valid is not None:
-        shifted = tf.where(valid[..., None], shifted, image)
-    return tf.where(apply, shifted, image)
+        return tf.clip_by_value(image + delta * tf.cast(valid, tf.float32)[..., None], 0.0, 255.0)
+    return tf.clip_by_value(image + delta, 0.0, 255.0)
 
 
 def flip_table(flip_pairs):
