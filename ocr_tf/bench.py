@@ -7,8 +7,10 @@ OCR gets its soft object regions as an input, as it reuses that branch's output)
 * parameters: trainable weights of the module;
 * FLOPs: counted per op from the traced graph of the module's `tf.function` (Conv2D, MatMul,
   BatchMatMul and Einsum, 2 x multiply-adds from their static shapes; softmax, BN, resize and
-  element-wise ops are not counted, as is usual for FLOPs tables). OCR's count is checked
-  against `ocr_analytic_flops`;
+  element-wise ops are not counted, as is usual for FLOPs tables; tf.profiler's float_ops
+  agrees on convs but skips Einsum, hence our own count). OCR's count is checked against
+  `ocr_analytic_flops`. Dilated convs (ASPP) count the model's output; TensorFlow on CPU runs
+  them through space-to-batch tiles that also compute padding, reported as `gflops_executed`;
 * peak memory: the peak of TensorFlow's CPU allocator during one inference (its BFC allocator,
   switched on with TF_CPU_ALLOCATOR_USE_BFC=true before TensorFlow starts, keeps the statistics
   that `tf.config.experimental.get_memory_info` reads): every live tensor, i.e. weights, input,
@@ -65,9 +67,22 @@ def ocr_analytic_flops(size, in_channels=2048, mid=512, key=256, num_classes=19)
     return 2 * macs
 
 
-def count_graph_flops(graph):
-    """2 x multiply-adds of the conv / matmul / einsum ops of a graph with static shapes,
-    and the count per op type."""
+def _dilated_conv_output(op):
+    """TensorFlow runs a dilated conv on CPU as SpaceToBatchND -> Conv2D -> BatchToSpaceND; the
+    conv then also computes the padding of the space-to-batch tiles. The cropped output is the
+    model's; None for an ordinary conv."""
+    if op.inputs[0].op.type != "SpaceToBatchND":
+        return None
+    for consumer in op.outputs[0].consumers():
+        if consumer.type == "BatchToSpaceND":
+            return consumer.outputs[0].shape.as_list()
+    return None
+
+
+def count_graph_flops(graph, executed=False):
+    """2 x multiply-adds of the conv / matmul / einsum ops of a graph with static shapes, and the
+    count per op type. A dilated conv counts its model output (what the paper counts) unless
+    `executed`, then the padded space-to-batch output TensorFlow computes."""
     per_type = {}
     for op in graph.get_operations():
         if op.type not in COUNTED_OPS:
@@ -78,6 +93,8 @@ def count_graph_flops(graph):
             raise ValueError(f"op {op.name} ({op.type}) has an unknown static shape: {shapes} -> {out}.")
         if op.type == "Conv2D":
             kh, kw, cin, _ = shapes[1]
+            if not executed:
+                out = _dilated_conv_output(op) or out
             flops = 2 * int(np.prod(out)) * kh * kw * cin
         elif op.type == "MatMul":
             a = shapes[0]
@@ -201,12 +218,14 @@ def bench_head(name, args):
     fn, inputs, params = build_module(name, args.size, args.channels, args.num_classes)
     graph = fn.get_concrete_function(*[tf.TensorSpec(x.shape, x.dtype) for x in inputs]).graph
     flops, per_type = count_graph_flops(graph)
+    executed, _ = count_graph_flops(graph, executed=True)
     times = time_calls(fn, inputs, args.warmup, args.repeats)
     peak, extra = peak_memory_mib(fn, inputs)
     return {
         "params": params,
         "gflops": flops / 1e9,
         "gflops_by_op": {k: v / 1e9 for k, v in per_type.items()},
+        "gflops_executed": executed / 1e9,
         "peak_mib": peak,
         "peak_extra_mib": extra,
         "latency_ms": 1e3 * statistics.median(times),

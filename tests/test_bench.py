@@ -31,6 +31,16 @@ def test_conv_flops_agree_with_tf_profiler():
     assert per_type == {"Conv2D": 2 * 11 * 13 * 9 * 5 * 7} and ours == profiler_conv
 
 
+def test_dilated_conv_counts_the_model_output_not_the_space_to_batch_padding():
+    conv = keras.layers.Conv2D(4, 3, dilation_rate=5)  # valid: 23 x 19 -> 13 x 9
+    graph = graph_of(lambda x: conv(x), (1, 23, 19, 3))
+    useful, _ = bench.count_graph_flops(graph)
+    executed, _ = bench.count_graph_flops(graph, executed=True)
+    assert useful == 2 * 13 * 9 * 9 * 3 * 4
+    # TensorFlow tiles 25 x 20 (multiples of 5) into 25 blocks of 5 x 4 -> 3 x 2 outputs each.
+    assert executed == 2 * 25 * 3 * 2 * 9 * 3 * 4
+
+
 def test_einsum_and_matmul_flops():
     graph = graph_of(
         lambda a, b, m: (tf.einsum("bnk,bnc->bkc", a, b), tf.matmul(m, m, transpose_a=True), tf.matmul(a, b, adjoint_a=True)),
