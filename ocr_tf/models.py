@@ -22,8 +22,7 @@ import inspect
 
 import keras
 
-from ocr_tf.backbones import load_backbone_weights
-from ocr_tf.backbones.hrnet import hrnet_backbone
+from ocr_tf.backbones import hrnet_backbone, load_backbone_weights, mobilenet_backbone, resnet_backbone
 from ocr_tf.layers.common import ConvBN
 from ocr_tf.layers.ocr import OCRHead
 
@@ -158,19 +157,13 @@ def build_backbone(backbone, input_shape=(None, None, 3), **options):
     [stage 3, stage 4] for ResNet). `options` as in `build_model` (backbone ones only)."""
     family, fixed = BACKBONES[backbone]
     weights = options.pop("weights", None)
-    common = {k: options.pop(k) for k in ("synchronized", "align_corners") if k in options}
+    align_corners = options.pop("align_corners", True)  # only HRNet resizes inside its backbone
     if family == "hrnet":
-        model = hrnet_backbone(options.pop("extra", fixed["extra"]), input_shape, **common)
+        model = hrnet_backbone(options.pop("extra", fixed["extra"]), input_shape, align_corners, **options)
     elif family == "resnet":
-        from ocr_tf.backbones.resnet import resnet_backbone
-
-        common.pop("align_corners", None)
-        model = resnet_backbone(fixed["depth"], input_shape, **common, **options)
+        model = resnet_backbone(fixed["depth"], input_shape, **options)
     else:
-        from ocr_tf.backbones.mobilenet import mobilenet_backbone
-
-        common.pop("align_corners", None)
-        model = mobilenet_backbone(input_shape, **common, **options)
+        model = mobilenet_backbone(input_shape, **options)
     if weights is not None:
         load_backbone_weights(model, weights)
     return model
