@@ -77,11 +77,12 @@ def read_state_dict(path):
 
 
 def clean_state_dict(state, head="ocr"):
-    """Drop the `model.` prefix, `loss.*` and `num_batches_tracked`; map `last_layer` for OCR."""
+    """Drop the `module.`/`model.` prefixes, `loss.*` and `num_batches_tracked`; map `last_layer` for OCR."""
     out = {}
     for name, value in state.items():
-        if name.startswith("model."):
-            name = name[len("model.") :]
+        for prefix in ("module.", "model."):  # DataParallel's, then the released files' wrapper
+            if name.startswith(prefix):
+                name = name[len(prefix) :]
         if name.startswith("loss.") or name.endswith("num_batches_tracked"):
             continue
         out[name] = value

@@ -186,3 +186,29 @@ def test_backbone_only_from_an_imagenet_style_file_feeds_build_model(fixture, co
     np.savez(path, **imagenet)
     with pytest.raises(convert.CheckpointMismatch, match="stage4.0.branches.3.0.bn2.running_var"):
         convert.convert(path, "hrnet_w18", extra=config["extra"], backbone_only=True)
+
+
+def test_extra_from_an_official_experiment_yaml(tmp_path):
+    # The layout of HRNet-Semantic-Segmentation's experiments/*.yaml, including its STAGE1 typo
+    # (NUM_RANCHES), for W18-small-v2.
+    stages = {
+        "STAGE1": "      NUM_MODULES: 1\n      NUM_RANCHES: 1\n      BLOCK: BOTTLENECK\n      NUM_BLOCKS: [2]\n      NUM_CHANNELS: [64]\n",
+        "STAGE2": "      NUM_MODULES: 1\n      NUM_BRANCHES: 2\n      BLOCK: BASIC\n      NUM_BLOCKS: [2, 2]\n      NUM_CHANNELS: [18, 36]\n",
+        "STAGE3": "      NUM_MODULES: 3\n      NUM_BRANCHES: 3\n      BLOCK: BASIC\n      NUM_BLOCKS: [2, 2, 2]\n      NUM_CHANNELS: [18, 36, 72]\n",
+        "STAGE4": "      NUM_MODULES: 2\n      NUM_BRANCHES: 4\n      BLOCK: BASIC\n      NUM_BLOCKS: [2, 2, 2, 2]\n      NUM_CHANNELS: [18, 36, 72, 144]\n",
+    }
+    text = "MODEL:\n  NAME: seg_hrnet\n  EXTRA:\n    FINAL_CONV_KERNEL: 1\n" + "".join(f"    {k}:\n{v}" for k, v in stages.items())
+    path = tmp_path / "seg_hrnet_w18_small_v2.yaml"
+    path.write_text(text)
+    from ocr_tf.backbones.hrnet import HRNET_CONFIGS, validate_extra
+
+    got = validate_extra(convert._load_extra(str(path)))
+    for s in ("STAGE1", "STAGE2", "STAGE3", "STAGE4"):
+        for key in ("NUM_MODULES", "NUM_BRANCHES", "BLOCK", "NUM_BLOCKS", "NUM_CHANNELS"):
+            assert got[s][key] == HRNET_CONFIGS["w18s"][s][key], (s, key)
+
+
+def test_dataparallel_and_release_prefixes_are_dropped(state):
+    wrapped = {f"module.model.{k}": v for k, v in state.items()}
+    wrapped["module.loss.criterion.weight"] = np.ones(19, np.float32)
+    assert convert.clean_state_dict(wrapped).keys() == state.keys()

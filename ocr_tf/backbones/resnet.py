@@ -9,7 +9,8 @@ stage's dilation (mmsegmentation's choice).
 stem="keras": keras.applications' 7x7 stem. The model takes our ImageNet-normalised RGB input and
 converts it to the caffe-style BGR input those weights were trained on (`CaffeInput`).
 stem="deep": the [OS] "deep base" stem (three 3x3 ConvBN, 3->64 s2, 64->64, 64->128) + max-pool,
-taking the normalised input as is.
+taking the normalised input as is. The max-pool is 3x3 s2 with 1 pixel of padding in floor mode
+(the keras stem's); PyTorch's ceil mode in [OS] gives one more row/column on even sizes only.
 
 Outputs: [stage 3 (`conv4_block{N}_out`, 1024 ch), stage 4 (`conv5_block3_out`, 2048 ch)],
 both at 1/output_stride of the input (ceil for odd sizes).
