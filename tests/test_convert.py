@@ -212,3 +212,16 @@ def test_dataparallel_and_release_prefixes_are_dropped(state):
     wrapped = {f"module.model.{k}": v for k, v in state.items()}
     wrapped["module.loss.criterion.weight"] = np.ones(19, np.float32)
     assert convert.clean_state_dict(wrapped).keys() == state.keys()
+
+
+def test_seg_hrnet_checkpoint_converts_into_the_fcn_model(fixture, config, state):
+    # seg_hrnet = backbone + last_layer, the same layers as HRNet-OCR's aux head: fed the OCR
+    # fixture's backbone and aux head as last_layer, the FCN model must give the official aux output.
+    seg_hrnet = {k.replace("aux_head.", "last_layer.", 1): v for k, v in state.items()
+                 if k.split(".")[0] in convert.BACKBONE_ROOTS or k.startswith("aux_head.")}
+    model = build_model("hrnet_w18_fcn", 5, extra=config["extra"])
+    convert.load_official_weights(model, convert.clean_state_dict(seg_hrnet, head="fcn"))
+    for n in (0, 1):
+        want = np.transpose(fixture[f"aux_{n}"], (0, 2, 3, 1))
+        got = np.asarray(model(np.transpose(fixture[f"input_{n}"], (0, 2, 3, 1)))["logits"])
+        assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < TOL
