@@ -237,3 +237,17 @@ def test_bad_inputs_name_the_culprit():
     head = CONTEXT_HEADS["aspp"](3)
     with pytest.raises(ValueError, match=r"features \(B, h, w, C\)"):
         head(tf.zeros((1, 4, 4)))
+
+
+def test_mixed_precision_keeps_logits_float32():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        x = tf.random.normal((1, 5, 7, C))
+        for name, cls in CONTEXT_HEADS.items():
+            head = cls(K, aux_channels=AUX, **TINY[name])
+            out = head(x, training=False)
+            assert head.aux_head.conv.compute_dtype == "bfloat16" and head.cls_head.compute_dtype == "float32"
+            for key, value in out.items():
+                assert value.dtype == tf.float32 and np.all(np.isfinite(value.numpy())), (name, key)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
