@@ -1,0 +1,441 @@
+"""Train an OCR segmenter with `model.fit`: `python -m ocr_tf.train [--config X.yaml] [--set k=v ...]`.
+
+With no arguments it runs the demo (configs/demo/default.yaml): a small HRNet + OCR on the
+built-in procedural dataset, a few minutes on 2 CPU cores, then evaluation and export into
+saved_models/demo/. The same command trains the paper's recipes (configs/<dataset>/<model>.yaml)
+from one CPU to many GPUs (`--strategy mirrored`) and machines (`--strategy multi_worker` with
+TF_CONFIG on every machine), resuming automatically after a crash or kill (run it again).
+
+What happens, in order: the config is validated; the dataset files and class count are
+checked (before anything is built); the strategy is chosen; the network is built under it
+(BatchNorm synchronized when there are several replicas); the backup, if any, is restored
+(weights, optimizer, step); `fit` runs to `train.iterations` steps with validation every
+`train.steps_per_epoch` steps; the best weights by validation mIoU are evaluated on the
+validation set and exported.
+"""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo", "default.yaml")
+
+
+class DataError(ValueError):
+    """Dataset files or classes that do not fit the config (found before training)."""
+
+
+# ------------------------------------------------------------------------------------- planning
+
+
+def plan_segments(step, iterations, steps_per_epoch):
+    """The `fit` calls that take training from optimizer step `step` to `iterations`.
+
+    Epoch e covers steps [e * spe, (e + 1) * spe) (the last one may be shorter). A run resumed
+    mid-epoch first finishes that epoch, then runs whole epochs, then a final short epoch.
+    Returns [(initial_epoch, epochs, steps_per_epoch), ...] for `fit`.
+    """
+    segments = []
+    spe = steps_per_epoch
+    while step < iterations:
+        epoch = step // spe
+        epoch_end = min((epoch + 1) * spe, iterations)
+        if step % spe or epoch_end - step < spe:
+            segments.append((epoch, epoch + 1, epoch_end - step))
+            step = epoch_end
+            continue
+        full = (iterations - step) // spe
+        segments.append((epoch, epoch + full, spe))
+        step += full * spe
+    return segments
+
+
+# ------------------------------------------------------------------------------------- data
+
+
+def resolve_data(cfg):
+    """Fill in the demo paths, then refuse missing files or a class count that disagrees,
+    before any model is built. Returns the DatasetInfo."""
+    from ocr_tf.data.datasets import get_dataset_info
+    from ocr_tf.data.pipeline import list_files
+
+    d = cfg.data
+    if d.dataset == "demo" and d.train is None:
+        from ocr_tf.data.datasets.demo import prepare_demo
+
+        demo = prepare_demo()
+        d.train, d.val = demo["train"], demo["val"]
+    try:
+        info = get_dataset_info(d.dataset)
+    except ValueError as e:
+        raise DataError(f"data.dataset: {e}") from None
+    if info.num_classes != d.num_classes:
+        raise DataError(
+            f"data.num_classes is {d.num_classes} but dataset '{d.dataset}' has {info.num_classes} classes."
+        )
+    for key in ("train", "val"):
+        pattern = getattr(d, key)
+        if pattern is None:
+            if key == "train":
+                raise DataError("data.train is not set: give a TFRecord glob (see python -m ocr_tf.data.convert).")
+            continue
+        try:
+            files = list_files(pattern)
+        except FileNotFoundError as e:
+            raise DataError(f"data.{key}: {e}") from None
+        _check_record_classes(key, files, d.num_classes)
+    return info
+
+
+def _check_record_classes(key, files, num_classes):
+    """The writer's `<split>-info.json` knows the classes the records were made with."""
+    seen = set()
+    for path in files:
+        info_path = os.path.join(os.path.dirname(path), os.path.basename(path).split("-")[0] + "-info.json")
+        if info_path in seen or not os.path.exists(info_path):
+            continue
+        seen.add(info_path)
+        with open(info_path) as f:
+            recorded = json.load(f).get("num_classes")
+        if recorded is not None and recorded != num_classes:
+            raise DataError(
+                f"data.{key}: {info_path} says the records have {recorded} classes, "
+                f"the config says data.num_classes = {num_classes}."
+            )
+
+
+def count_records(pattern):
+    from ocr_tf.data.pipeline import list_files
+
+    total = 0
+    for path in list_files(pattern):
+        info_path = os.path.join(os.path.dirname(path), os.path.basename(path).split("-")[0] + "-info.json")
+        shard = None
+        if os.path.exists(info_path):
+            with open(info_path) as f:
+                shard = {s["file"]: s["num_records"] for s in json.load(f).get("shards", [])}.get(os.path.basename(path))
+        if shard is None:
+            import tensorflow as tf
+
+            shard = sum(1 for _ in tf.data.TFRecordDataset(path))
+        total += shard
+    return total
+
+
+def make_datasets(cfg, info, strategy):
+    """(train, val, validation_steps): distributed per replica when there are several."""
+    import tensorflow as tf
+
+    from ocr_tf.data.pipeline import make_dataset
+
+    d, t = cfg.data, cfg.train
+    replicas = strategy.num_replicas_in_sync
+    for name, batch in (("train.batch_size", t.batch_size), ("data.val_batch_size", d.val_batch_size)):
+        if batch % replicas:
+            raise DataError(f"{name} = {batch} (global) does not split over {replicas} replicas.")
+
+    def train_fn(ctx=None):
+        batch = ctx.get_per_replica_batch_size(t.batch_size) if ctx else t.batch_size
+        return make_dataset(
+            d.train, num_classes=d.num_classes, training=True, batch_size=batch, crop_size=d.crop_size,
+            scale_range=tuple(d.scale_range), flip=d.flip, brightness=d.brightness, flip_pairs=info.flip_pairs,
+            ignore_label=d.ignore_label, shuffle_buffer=d.shuffle_buffer, seed=t.seed, input_context=ctx,
+            skip_bad=d.skip_bad,
+        )
+
+    def val_fn(ctx=None):
+        batch = ctx.get_per_replica_batch_size(d.val_batch_size) if ctx else d.val_batch_size
+        ds = make_dataset(
+            d.val, num_classes=d.num_classes, training=False, batch_size=batch, ignore_label=d.ignore_label,
+            input_context=ctx, skip_bad=d.skip_bad, pad_to=tuple(d.val_pad_to) if d.val_pad_to else None,
+        )
+        return ds.repeat()  # a fixed number of steps per validation (equal on every worker)
+
+    val, val_steps = None, None
+    if d.val:
+        val_steps = d.val_steps or math.ceil(count_records(d.val) / d.val_batch_size)
+    if replicas > 1:
+        train = strategy.distribute_datasets_from_function(train_fn)
+        if d.val:
+            val = strategy.distribute_datasets_from_function(val_fn)
+    else:
+        train = train_fn()
+        val = val_fn() if d.val else None
+    del tf
+    return train, val, val_steps
+
+
+# ------------------------------------------------------------------------------------- model
+
+
+def build_trainer(cfg, strategy):
+    import keras
+
+    from ocr_tf.distribute import sync_batch_norm
+    from ocr_tf.losses import SegmentationLoss
+    from ocr_tf.models import build_model
+    from ocr_tf.optim import build_optimizer
+    from ocr_tf.training_model import SegmentationTrainer
+
+    overrides = dict(cfg.model.overrides)
+    overrides.setdefault("synchronized", sync_batch_norm(strategy))
+    lo = cfg.loss
+    with strategy.scope():
+        network = build_model(cfg.model.name, cfg.data.num_classes, **overrides)
+        loss = SegmentationLoss(
+            cfg.data.num_classes, cfg.data.ignore_label, lo.aux_weight, lo.class_weights, lo.ohem,
+            lo.ohem_threshold, lo.ohem_min_kept, overrides.get("align_corners", True),
+        )
+        trainer = SegmentationTrainer(network, loss, cfg.data.num_classes, cfg.data.ignore_label, name="trainer")
+        trainer.compile(
+            optimizer=build_optimizer(cfg.train), steps_per_execution=cfg.train.steps_per_execution,
+            jit_compile=False,
+        )
+        h, w = cfg.data.crop_size
+        trainer(keras.ops.zeros((1, h, w, 3)))  # create the variables (needed to restore a backup)
+        trainer.optimizer.build(trainer.trainable_variables)
+    return network, trainer
+
+
+def sample_images(val_pattern, num_classes, count, ignore_label):
+    """A few validation (image, label) pairs as NumPy, for TensorBoard overlays."""
+    from ocr_tf.data.pipeline import make_dataset
+
+    if not val_pattern or count < 1:
+        return None, None
+    ds = make_dataset(val_pattern, num_classes=num_classes, training=False, batch_size=1, ignore_label=ignore_label)
+    images, labels = [], []
+    for x, y in ds.take(count):
+        images.append(x[0].numpy())
+        labels.append(y[0].numpy())
+    shapes = {i.shape for i in images}
+    if len(shapes) > 1:  # keep those of the first size (overlays are written as one batch)
+        images, labels = zip(*[(i, label) for i, label in zip(images, labels) if i.shape == images[0].shape])
+    import numpy as np
+
+    return np.stack(images), np.stack(labels)
+
+
+# ------------------------------------------------------------------------------------- evaluation
+
+
+def evaluate(network, cfg, info):
+    """Whole-image evaluation of `network` on the validation set -> miou_from_confusion dict."""
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    from ocr_tf.data.pipeline import make_dataset
+    from ocr_tf.layers.common import resize_bilinear
+    from ocr_tf.metrics import ConfusionMatrix
+
+    d = cfg.data
+    ds = make_dataset(d.val, num_classes=d.num_classes, training=False, batch_size=1, ignore_label=d.ignore_label)
+    cm = ConfusionMatrix(d.num_classes, d.ignore_label)
+
+    @tf.function(reduce_retracing=True)
+    def predict(x):
+        logits = network(x, training=False)["logits"]
+        logits = resize_bilinear(tf.cast(logits, tf.float32), tf.shape(x)[1:3], True)
+        return tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+    for x, y in tqdm(ds, total=count_records(d.val), desc="evaluate", unit="img", leave=False):
+        cm.update(y.numpy(), predict(x).numpy())
+    return cm.result(list(info.class_names))
+
+
+# ------------------------------------------------------------------------------------- run
+
+
+def run(cfg, log=print):
+    """Train, evaluate, export as the config says. Returns a summary dict."""
+    import keras
+    import tensorflow as tf
+
+    from ocr_tf.callbacks import BestCheckpoint, NaNStop, StepBackupAndRestore, TensorBoardExtras
+    from ocr_tf.distribute import get_strategy, is_chief, task_info
+
+    t, out = cfg.train, cfg.output
+    start = time.time()
+    info = resolve_data(cfg)
+    if t.mixed_precision:
+        keras.mixed_precision.set_global_policy(f"mixed_{t.mixed_precision}")
+    strategy = get_strategy(t.strategy, t.tpu)
+    chief = is_chief(strategy)
+    keras.utils.set_random_seed(t.seed)
+    train_ds, val_ds, val_steps = make_datasets(cfg, info, strategy)
+    network, trainer = build_trainer(cfg, strategy)
+
+    run_dir = out.dir
+    task_type, task_id = task_info(strategy)
+    # Every worker backs up (the save reads replica-synchronised state); only the chief keeps the rest.
+    backup_dir = os.path.join(run_dir, "backup" if chief else f"backup-{task_type}-{task_id}")
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    log_dir = os.path.join(run_dir, "logs")
+    if chief:
+        os.makedirs(run_dir, exist_ok=True)
+        from ocr_tf.config import dump_config
+
+        dump_config(cfg, os.path.join(run_dir, "config.yaml"))
+
+    backup = StepBackupAndRestore(backup_dir, save_freq=t.backup_every_steps)
+    backup.set_model(trainer)
+    step = backup.restore()
+    if step:
+        lr = float(keras.ops.convert_to_numpy(trainer.optimizer.learning_rate))
+        log(f"Resumed from {backup_dir} at step {step} of {t.iterations} (learning rate {lr:.6g}).")
+    replicas = strategy.num_replicas_in_sync
+    log(
+        f"Training {cfg.model.name} on {cfg.data.dataset} ({cfg.data.num_classes} classes): "
+        f"{replicas} replica(s) with {strategy.__class__.__name__}, global batch {t.batch_size}, "
+        f"{t.iterations} steps, sync BN {'on' if replicas > 1 else 'off (1 replica)'}, "
+        f"precision {t.mixed_precision or 'float32'}."
+    )
+
+    nan_stop = NaNStop(keep_hint=f"The last good backup is in {backup_dir}.")
+    callbacks = [nan_stop, backup]
+    if chief:
+        images, labels = sample_images(cfg.data.val, cfg.data.num_classes, t.tensorboard_images, cfg.data.ignore_label)
+        callbacks += [
+            BestCheckpoint(network, ckpt_dir),
+            keras.callbacks.CSVLogger(os.path.join(run_dir, "training_log.csv"), append=True),
+            keras.callbacks.TensorBoard(log_dir, update_freq="epoch", write_graph=False),
+            TensorBoardExtras(log_dir, network, images, labels, info.palette, cfg.data.ignore_label),
+        ]
+    verbose = t.verbose if chief else 0
+    for initial_epoch, epochs, steps in plan_segments(step, t.iterations, t.steps_per_epoch):
+        trainer.fit(
+            train_ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+            validation_data=val_ds, validation_steps=val_steps, callbacks=callbacks, verbose=verbose,
+        )
+        if nan_stop.message:
+            raise FloatingPointError(nan_stop.message)
+    train_seconds = time.time() - start
+    summary = {"run_dir": run_dir, "steps": int(trainer.optimizer.iterations.numpy()), "train_seconds": train_seconds}
+    if not chief:
+        return summary
+    if os.path.isdir(backup_dir):  # the schedule is complete: a rerun starts afresh
+        shutil.rmtree(backup_dir, ignore_errors=True)
+
+    best = os.path.join(ckpt_dir, "best.weights.h5")
+    if os.path.exists(best):
+        network.load_weights(best)
+        with open(os.path.join(ckpt_dir, "best.json")) as f:
+            summary["best"] = json.load(f)
+    summary["checkpoint"] = best if os.path.exists(best) else os.path.join(ckpt_dir, "last.weights.h5")
+    if cfg.data.val:
+        summary["eval"] = evaluate(network, cfg, info)
+        summary["miou"] = summary["eval"]["miou"]
+    summary["exports"] = export(network, cfg, info, log)
+    summary["logs"] = {"tensorboard": log_dir, "csv": os.path.join(run_dir, "training_log.csv")}
+    summary["total_seconds"] = time.time() - start
+    del tf
+    return summary
+
+
+def export(network, cfg, info, log=print):
+    """SavedModel (+ TFLite) into output.export_dir; returns {kind: path or reason}."""
+    out = cfg.output
+    if not out.export_dir:
+        return {}
+    try:
+        from ocr_tf.export import export_saved_model, export_tflite
+    except ImportError as e:
+        return {"saved_model": f"not exported: ocr_tf.export is unavailable ({e})"}
+    if cfg.train.mixed_precision:
+        # Export a float32 copy: serving and TFLite want float32 graphs.
+        import keras
+
+        from ocr_tf.models import build_model
+
+        keras.mixed_precision.set_global_policy("float32")
+        overrides = {k: v for k, v in cfg.model.overrides.items() if k != "weights"}
+        f32 = build_model(cfg.model.name, cfg.data.num_classes, **overrides)
+        f32.set_weights(network.get_weights())
+        network = f32
+    result = {}
+    names = list(info.class_names)
+    result["saved_model"] = export_saved_model(network, os.path.join(out.export_dir, "saved_model"), class_names=names)
+    if out.tflite:
+        h, w = cfg.data.crop_size
+        path = os.path.join(out.export_dir, f"{cfg.model.name}_{h}x{w}.tflite")
+        result["tflite"] = export_tflite(network, path, input_size=(h, w), class_names=names)
+    return result
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m ocr_tf.train",
+        description="Train an OCR segmenter with model.fit. Without arguments: the demo "
+        "(configs/demo/default.yaml, a few minutes on a laptop CPU). Rerun the same command to "
+        "resume after an interruption.",
+    )
+    p.add_argument("--config", help=f"YAML config (default: {os.path.relpath(DEFAULT_CONFIG)})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=0.02 (repeatable; YAML values)")
+    p.add_argument("--strategy", choices=("auto", "default", "mirrored", "multi_worker", "tpu"),
+                   help="tf.distribute strategy (same as --set train.strategy=...)")
+    p.add_argument("--mixed-precision", choices=("float16", "bfloat16"),
+                   help="mixed precision compute; logits and loss stay float32")
+    p.add_argument("--output-dir", help="run folder for checkpoints, backup and logs (output.dir)")
+    return p.parse_args(argv)
+
+
+def _print_summary(summary, cfg, log=print):
+    log("")
+    log("=" * 72)
+    minutes = summary.get("total_seconds", summary["train_seconds"]) / 60
+    log(f"Done: {summary['steps']} steps in {minutes:.1f} min.")
+    if "eval" in summary:
+        ev = summary["eval"]
+        log(f"Validation mIoU {100 * ev['miou']:.2f}%  (pixel accuracy {100 * ev['pixel_accuracy']:.2f}%)")
+        for name, iou in zip(ev.get("class_names", []), ev["per_class_iou"]):
+            log(f"  {name:<20s} IoU {'  n/a' if iou != iou else f'{100 * iou:5.1f}'}")
+    if "best" in summary:
+        b = summary["best"]
+        log(f"Best checkpoint:  {summary['checkpoint']}  (val mIoU {100 * b['val_miou']:.2f}% at step {b['step']})")
+    else:
+        log(f"Checkpoint:       {summary.get('checkpoint')}")
+    log(f"Run folder:       {summary['run_dir']}  (config.yaml, training_log.csv)")
+    log(f"TensorBoard:      tensorboard --logdir {summary['logs']['tensorboard']}")
+    exports = summary.get("exports", {})
+    if not exports:
+        log("Export:           skipped (output.export_dir is null)")
+    for kind, path in exports.items():
+        log(f"Export {kind + ':':<11s}{path}")
+    log("=" * 72)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from ocr_tf.config import ConfigError, load_config
+
+    overrides = list(args.overrides)
+    if args.strategy:
+        overrides.append(f"train.strategy={args.strategy}")
+    if args.mixed_precision:
+        overrides.append(f"train.mixed_precision={args.mixed_precision}")
+    if args.output_dir:
+        overrides.append(f"output.dir={args.output_dir}")
+    try:
+        cfg = load_config(args.config or DEFAULT_CONFIG, overrides)
+        summary = run(cfg)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    if "eval" in summary or "exports" in summary:
+        _print_summary(summary, cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
