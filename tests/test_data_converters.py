@@ -171,6 +171,19 @@ def test_folder_with_remap_palette_masks_and_class_file(tmp_path):
     _run("folder", "--root", str(root), "--out", str(out), "--remap", str(root / "remap.txt"))
     for split in ("train", "val"):
         np.testing.assert_array_equal(_read(out, split, 3)["a"][1], [[255, 0, 1, 2], [2, 1, 0, 255]])
+    # Converting again into the same folder with another shard count: refused unless --overwrite,
+    # which leaves only the new shards (a glob must not read old and new together).
+    args = ["folder", "--root", str(root), "--out", str(out), "--remap", str(root / "remap.txt"),
+            "--splits", "train", "--shards", "1", "--no-progress"]
+    assert convert.main(args) == 1
+    second = _image(2, 4)
+    _save(f"{root}/images/train/b.png", second)
+    palette_mask.save(root / "masks" / "train" / "b.png")
+    assert convert.main(args[:-2] + ["2", "--overwrite", "--no-progress"]) == 0
+    assert sorted(os.path.basename(p) for p in glob.glob(f"{out}/train-*")) == [
+        "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord", "train-info.json"]
+    assert sorted(_read(out, "train", 3)) == ["a", "b"]
+
     from ocr_tf.data.datasets import DatasetInfo
 
     info = DatasetInfo.from_class_file(root / "classes.txt")

@@ -97,7 +97,7 @@ def convert_pair(source_id, image_path, label_path, table, known):
 
 
 def convert_split(module, info, label_map, root, out, split, records_per_shard=100, num_shards=None,
-                  skip_bad=False, workers=4, progress=True, **find_options):
+                  skip_bad=False, workers=4, progress=True, overwrite=False, **find_options):
     """Convert one split; returns the info dict written to `<split>-info.json`."""
     from tqdm import tqdm
 
@@ -119,7 +119,8 @@ def convert_split(module, info, label_map, root, out, split, records_per_shard=1
         except (ConversionError, records.RecordError, OSError) as e:
             return None, str(e)
 
-    with records.ShardedWriter(out, split, shards, info.num_classes, info.class_names) as writer, \
+    with records.ShardedWriter(out, split, shards, info.num_classes, info.class_names,
+                               overwrite=overwrite) as writer, \
             concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
         bar = tqdm(pool.map(work, pairs), total=len(pairs), desc=f"{info.name}/{split}",
                    unit="img", disable=not progress)
@@ -174,6 +175,8 @@ def main(argv=None):
     parser.add_argument("--coarse", action="store_true", help="cityscapes: labels from gtCoarse/")
     parser.add_argument("--classes", help="folder: class list file (default ROOT/classes.txt)")
     parser.add_argument("--remap", help="folder: file of 'source target' id pairs applied to masks")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing shards of the split in --out (after the new ones are complete)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
@@ -196,10 +199,10 @@ def main(argv=None):
         for split in splits:
             result = convert_split(module, info, label_map, args.root, args.out, split,
                                    args.records_per_shard, args.shards, args.skip_bad, args.workers,
-                                   not args.no_progress, **options)
+                                   not args.no_progress, args.overwrite, **options)
             print(summarize(result, info.class_names))
             print(f"  wrote {os.path.join(args.out, split + '-*.tfrecord')} and {split}-info.json")
-    except (ConversionError, FileNotFoundError, ValueError) as e:
+    except (ConversionError, FileNotFoundError, ValueError) as e:  # RecordError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -11,6 +11,7 @@ never leaves a file that matches `<split>-*.tfrecord`. Next to the shards the wr
 uses to spot truncated shards by size before reading them.
 """
 
+import glob
 import io
 import json
 import logging
@@ -151,13 +152,19 @@ class ShardedWriter:
     Use as a context manager. Shards live under temporary names until `close()`, which renames
     them and writes `<split>-info.json`; an exception inside the `with` deletes the temporaries.
     With `num_classes`, `add()` also counts class pixels for the info file (users derive class
-    weights from it).
+    weights from it). Existing shards of the same split are an error (a glob would read old and
+    new together) unless `overwrite=True`, which deletes them once the new shards are complete.
     """
 
-    def __init__(self, out_dir, split, num_shards, num_classes=None, class_names=None, extra_info=None):
+    def __init__(self, out_dir, split, num_shards, num_classes=None, class_names=None, extra_info=None,
+                 overwrite=False):
         if num_shards < 1:
             raise ValueError(f"num_shards must be >= 1, got {num_shards}")
         os.makedirs(out_dir, exist_ok=True)
+        self.existing = sorted(glob.glob(os.path.join(glob.escape(out_dir), f"{split}-*-of-*.tfrecord")))
+        if self.existing and not overwrite:
+            raise RecordError(f"{out_dir} already has {len(self.existing)} {split} shard(s) "
+                              f"({os.path.basename(self.existing[0])}, ...): remove them or pass --overwrite (overwrite=True)")
         self.out_dir, self.split, self.num_shards = out_dir, split, num_shards
         self.num_classes, self.class_names = num_classes, class_names
         self.extra_info = dict(extra_info or {})
@@ -213,6 +220,8 @@ class ShardedWriter:
             w.close()
         for tmp, final in zip(self.tmp_paths, self.final_paths):
             os.replace(tmp, final)
+        for stale in set(self.existing) - set(self.final_paths):
+            os.remove(stale)
         self.closed = True
         write_json_atomic(info_path(self.out_dir, self.split), self.info())
 
