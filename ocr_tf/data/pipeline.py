@@ -9,7 +9,6 @@ record or a damaged shard is logged, counted (`dataset.bad_records`) and skipped
 stopping the run; it is slower (a Python step per record), meant for recovering from bad data.
 """
 
-import glob
 import os
 import random
 
