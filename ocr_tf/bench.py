@@ -11,12 +11,14 @@ OCR gets its soft object regions as an input, as it reuses that branch's output)
   agrees on convs but skips Einsum, hence our own count). OCR's count is checked against
   `ocr_analytic_flops`. Dilated convs (ASPP) count the model's output; TensorFlow on CPU runs
   them through space-to-batch tiles that also compute padding, reported as `gflops_executed`;
-* peak memory: the peak of TensorFlow's CPU allocator during one inference (its BFC allocator,
-  switched on with TF_CPU_ALLOCATOR_USE_BFC=true before TensorFlow starts, keeps the statistics
-  that `tf.config.experimental.get_memory_info` reads): every live tensor, i.e. weights, input,
-  intermediates and output (also reported: the extra over what was held before the call). The
-  paper measured GPU memory on a P40 the same way (allocator peak), so the numbers compare;
-* latency: median of `--repeats` calls after `--warmup` calls;
+* peak memory: what the module holds at its peak: its weights and input (their sizes) plus the
+  rise of TensorFlow's CPU allocator during one call (intermediates, output), measured with
+  `tf.config.experimental.get_memory_info`, whose statistics only the BFC allocator keeps on CPU
+  (TF_CPU_ALLOCATOR_USE_BFC=true, set before TensorFlow starts). The paper's is GPU memory;
+* latency: median over `--repeats` rounds after `--warmup` calls; every round calls every head
+  once, so a shared machine's load changes hit all heads alike. `--clock cpu` times by the
+  process's CPU time instead of the wall clock (with `--threads 1`: one core's compute time,
+  which other processes' load hardly changes);
 * the machine's float32 matmul peak (best of a few n x n matmuls) and OCR's latency against
   its roofline FLOPs / peak. "stem" times the 3x3 2048->512 conv alone, which OCR and every
   relational head share.
@@ -124,11 +126,10 @@ def _einsum_flops(equation, shapes):
     return 2 * total if contracted else total
 
 
-def peak_memory_mib(fn, inputs):
-    """(peak, extra) MiB of TensorFlow's CPU allocator during one call: `peak` counts every live
-    tensor (weights, input, intermediates, output), `extra` what the call added to what was held
-    before. None, None when the allocator keeps no statistics (TensorFlow was initialised before
-    `TF_CPU_ALLOCATOR_USE_BFC=true` was set; `main` sets it)."""
+def extra_memory_mib(fn, inputs):
+    """MiB TensorFlow's CPU allocator peaks at during one call above what it held before (the
+    call's intermediates and output), or None when the allocator keeps no statistics
+    (TensorFlow was initialised before `TF_CPU_ALLOCATOR_USE_BFC=true` was set; `main` sets it)."""
     import tensorflow as tf
 
     gc.collect()
@@ -136,59 +137,55 @@ def peak_memory_mib(fn, inputs):
         tf.config.experimental.reset_memory_stats("CPU:0")
         before = tf.config.experimental.get_memory_info("CPU:0")["current"]
     except (ValueError, tf.errors.OpError):
-        return None, None
+        return None
     np.asarray(fn(*inputs))
-    peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
-    return peak / 2**20, (peak - before) / 2**20
+    return (tf.config.experimental.get_memory_info("CPU:0")["peak"] - before) / 2**20
 
 
-def time_calls(fn, inputs, warmup, repeats):
-    for _ in range(warmup):
-        np.asarray(fn(*inputs))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.asarray(fn(*inputs))
-        times.append(time.perf_counter() - start)
-    return times
+def timed_call(fn, inputs):
+    """(wall, CPU) seconds of one call; CPU is the process's time on all its threads."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    np.asarray(fn(*inputs))
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def matmul_peak_gflops(n, repeats=5):
-    """Best float32 n x n matmul throughput of this machine (GFLOP/s)."""
+    """Best float32 n x n matmul throughput of this machine, GFLOP/s by the wall and CPU clocks."""
     import tensorflow as tf
 
     a = tf.random.normal((n, n))
     b = tf.random.normal((n, n))
     matmul = tf.function(lambda x, y: tf.matmul(x, y))
-    times = time_calls(matmul, (a, b), warmup=1, repeats=repeats)
-    return 2 * n**3 / min(times) / 1e9
+    timed_call(matmul, (a, b))  # trace
+    times = [timed_call(matmul, (a, b)) for _ in range(repeats)]
+    return {clock: 2 * n**3 / min(t[i] for t in times) / 1e9 for i, clock in enumerate(("wall", "cpu"))}
 
 
-def trainable_params(layers):
-    return int(sum(int(np.prod(w.shape)) for layer in layers for w in layer.trainable_weights))
+def n_weights(layers, trainable=True):
+    return int(sum(int(np.prod(w.shape)) for layer in layers for w in (layer.trainable_weights if trainable else layer.weights)))
 
 
-def build_module(name, size, channels, num_classes):
-    """(tf.function of the context module, its inputs, its parameter count) for one head."""
+def build_module(name, features, region_logits, num_classes):
+    """(tf.function of the context module, its inputs, trainable parameters, bytes of all its
+    weights) for one head on NHWC `features`; OCR also takes the soft region logits."""
     import tensorflow as tf
 
     from ocr_tf.layers import OCRHead
     from ocr_tf.layers.common import ConvBN
     from ocr_tf.layers.context import CONTEXT_HEADS, TABLE4_OCR_CONFIG
 
-    features = tf.random.normal((1, size, size, channels))
+    channels = features.shape[-1]
+    inputs = (features,)
     if name == "ocr":
         head = OCRHead(num_classes, **TABLE4_OCR_CONFIG)
         head.build((None, None, None, channels))
-        regions = tf.random.normal((1, size, size, num_classes))
 
-        def module(x, region_logits):
+        def module(x, regions):
             feats = head.conv3x3_ocr(x, training=False)
-            feats = head.ocr(feats, head.gather(feats, region_logits), training=False)
+            feats = head.ocr(feats, head.gather(feats, regions), training=False)
             return head.cls_head(feats)
 
-        layers = [head.conv3x3_ocr, head.ocr, head.cls_head]
-        inputs = (features, regions)
+        layers, inputs = [head.conv3x3_ocr, head.ocr, head.cls_head], (features, region_logits)
     elif name == "stem":
         stem = ConvBN(TABLE4_OCR_CONFIG["mid_channels"], 3, use_bias=True, name="stem")
         stem.build((None, None, None, channels))
@@ -196,41 +193,62 @@ def build_module(name, size, channels, num_classes):
         def module(x):
             return stem(x, training=False)
 
-        layers, inputs = [stem], (features,)
-    else:
-        if name not in CONTEXT_HEADS:
-            raise ValueError(f"Unknown head {name!r}; known: ocr, stem, {', '.join(CONTEXT_HEADS)}.")
+        layers = [stem]
+    elif name in CONTEXT_HEADS:
         head = CONTEXT_HEADS[name](num_classes)
         head.build((None, None, None, channels))
 
         def module(x):
             return head.context_logits(x, training=False)
 
-        inputs = (features,)
-        params = trainable_params([head]) - trainable_params([head.aux_head])
-        return tf.function(module), inputs, params
-    return tf.function(module), inputs, trainable_params(layers)
+        params = n_weights([head]) - n_weights([head.aux_head])
+        weights = n_weights([head], trainable=False) - n_weights([head.aux_head], trainable=False)
+        return tf.function(module), inputs, params, 4 * weights
+    else:
+        raise ValueError(f"Unknown head {name!r}; known: ocr, stem, {', '.join(CONTEXT_HEADS)}.")
+    return tf.function(module), inputs, n_weights(layers), 4 * n_weights(layers, trainable=False)
 
 
-def bench_head(name, args):
+def bench_heads(names, args):
+    """Build, count and warm every head, then time them in rounds (every head once per round),
+    so that a load change on a shared machine hits all heads alike."""
     import tensorflow as tf
+    from tqdm import tqdm
 
-    fn, inputs, params = build_module(name, args.size, args.channels, args.num_classes)
-    graph = fn.get_concrete_function(*[tf.TensorSpec(x.shape, x.dtype) for x in inputs]).graph
-    flops, per_type = count_graph_flops(graph)
-    executed, _ = count_graph_flops(graph, executed=True)
-    times = time_calls(fn, inputs, args.warmup, args.repeats)
-    peak, extra = peak_memory_mib(fn, inputs)
-    return {
-        "params": params,
-        "gflops": flops / 1e9,
-        "gflops_by_op": {k: v / 1e9 for k, v in per_type.items()},
-        "gflops_executed": executed / 1e9,
-        "peak_mib": peak,
-        "peak_extra_mib": extra,
-        "latency_ms": 1e3 * statistics.median(times),
-        "latency_all_ms": [1e3 * t for t in times],
-    }
+    features = tf.random.normal((1, args.size, args.size, args.channels))
+    regions = tf.random.normal((1, args.size, args.size, args.num_classes))
+    modules, results = {}, {}
+    for name in tqdm(names, desc="build, count, warm up", file=sys.stderr):
+        fn, inputs, params, weight_bytes = build_module(name, features, regions, args.num_classes)
+        graph = fn.get_concrete_function(*[tf.TensorSpec(x.shape, x.dtype) for x in inputs]).graph
+        flops, per_type = count_graph_flops(graph)
+        executed, _ = count_graph_flops(graph, executed=True)
+        for _ in range(args.warmup):
+            timed_call(fn, inputs)
+        extra = extra_memory_mib(fn, inputs)
+        input_bytes = sum(4 * int(np.prod(x.shape)) for x in inputs)
+        modules[name] = (fn, inputs)
+        results[name] = {
+            "params": params,
+            "gflops": flops / 1e9,
+            "gflops_by_op": {k: v / 1e9 for k, v in per_type.items()},
+            "gflops_executed": executed / 1e9,
+            "peak_extra_mib": extra,
+            # Everything the module holds at its peak: weights, input, intermediates, output.
+            "peak_mib": None if extra is None else extra + (weight_bytes + input_bytes) / 2**20,
+            "wall_ms_all": [],
+            "cpu_ms_all": [],
+        }
+    for _ in tqdm(range(args.repeats), desc="timing rounds", file=sys.stderr):
+        for name, (fn, inputs) in modules.items():
+            wall, cpu = timed_call(fn, inputs)
+            results[name]["wall_ms_all"].append(1e3 * wall)
+            results[name]["cpu_ms_all"].append(1e3 * cpu)
+    for r in results.values():
+        r["wall_ms"] = statistics.median(r["wall_ms_all"])
+        r["cpu_ms"] = statistics.median(r["cpu_ms_all"])
+        r["latency_ms"] = r[f"{args.clock}_ms"]
+    return results
 
 
 def _fmt(value, spec):
@@ -276,35 +294,33 @@ def goals(result):
 
 def run_context(args):
     import tensorflow as tf
-    from tqdm import tqdm
 
-    names = list(args.heads)
-    if "ocr" not in names:
-        names.insert(0, "ocr")  # ratios are to OCR
+    names = list(dict.fromkeys(["ocr", *args.heads]))  # OCR first: ratios are to OCR
     peak = matmul_peak_gflops(args.matmul_size)
     result = {
         "size": args.size,
         "channels": args.channels,
         "num_classes": args.num_classes,
         "threads": args.threads,
+        "clock": args.clock,
         "warmup": args.warmup,
         "repeats": args.repeats,
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(),
+            "load_average_at_start": os.getloadavg(),
             "tensorflow": tf.__version__,
         },
-        "matmul_peak_gflops": peak,
         "matmul_size": args.matmul_size,
-        "heads": {},
+        "matmul_peak_gflops_by_clock": peak,
+        "matmul_peak_gflops": peak[args.clock],
     }
-    for name in tqdm(names, desc="context heads", file=sys.stderr):
-        result["heads"][name] = bench_head(name, args)
-        gc.collect()
+    result["heads"] = bench_heads(names, args)
+    result["machine"]["load_average_at_end"] = os.getloadavg()
     ocr = result["heads"]["ocr"]
     analytic = ocr_analytic_flops(args.size, args.channels, num_classes=args.num_classes) / 1e9
-    roofline_ms = 1e3 * ocr["gflops"] / peak
+    roofline_ms = 1e3 * ocr["gflops"] / result["matmul_peak_gflops"]
     result["ocr"] = {
         "analytic_gflops": analytic,
         "graph_matches_analytic": abs(analytic - ocr["gflops"]) <= 1e-9 * analytic,
@@ -318,14 +334,15 @@ def run_context(args):
 def print_report(result, stream=sys.stdout):
     print(
         f"Table 4 on this machine: input 1 x {result['size']} x {result['size']} x {result['channels']}, "
-        f"K = {result['num_classes']}, threads {result['threads'] or 'default'}; "
-        f"median of {result['repeats']} after {result['warmup']} warm-up",
+        f"K = {result['num_classes']}, threads {result['threads'] or 'default'}; latency by the "
+        f"{result['clock']} clock, median of {result['repeats']} rounds after {result['warmup']} warm-up",
         file=stream,
     )
     print(markdown_table(result), file=stream)
     ocr = result["ocr"]
     print(
-        f"\nmatmul peak (float32, {result['matmul_size']}^3): {result['matmul_peak_gflops']:.0f} GFLOP/s; "
+        f"\nmatmul peak (float32, {result['matmul_size']}^3, {result['clock']} clock): "
+        f"{result['matmul_peak_gflops']:.0f} GFLOP/s; "
         f"OCR: {result['heads']['ocr']['gflops']:.2f} GFLOPs from the graph, {ocr['analytic_gflops']:.2f} "
         f"analytic (match: {ocr['graph_matches_analytic']}); roofline {ocr['roofline_ms']:.1f} ms, "
         f"measured / roofline = {ocr['latency_over_roofline']:.2f}",
@@ -356,8 +373,15 @@ def parse_args(argv=None):
         help=f"heads to run (OCR always runs): {', '.join(HEADS)}, stem (the shared conv3x3 alone)",
     )
     ctx.add_argument("--threads", type=int, default=0, help="intra-op threads (0: TensorFlow's default)")
-    ctx.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
-    ctx.add_argument("--repeats", type=int, default=5, help="timed calls; the median is reported")
+    ctx.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="latency clock for ratios and goals: wall, or the process's CPU time, which a shared "
+        "machine's other load does not inflate (use with --threads 1: with more threads it sums them)",
+    )
+    ctx.add_argument("--warmup", type=int, default=1, help="untimed calls per head before timing")
+    ctx.add_argument("--repeats", type=int, default=5, help="timing rounds; the median is reported")
     ctx.add_argument("--matmul-size", type=int, default=4096, help="n of the n x n matmul measuring the peak")
     ctx.add_argument("--json", help="write the results as JSON to this path")
     ctx.add_argument("--markdown", help="write the results table (Markdown) to this path")
