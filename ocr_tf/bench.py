@@ -260,8 +260,8 @@ def markdown_table(result):
     ocr = heads.get("ocr")
     lines = [
         "| head | params (M) | paper | GFLOPs | paper | peak mem (MiB) | paper GPU mem (MB) "
-        "| latency (ms) | paper (ms) | latency / OCR | paper / OCR |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| latency (ms, {result['clock']}) | paper (ms) | latency / OCR | paper / OCR | GFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in heads.items():
         paper = PAPER_TABLE4.get(name)
@@ -270,7 +270,8 @@ def markdown_table(result):
         lines.append(
             f"| {name} | {r['params'] / 1e6:.3f} | {_fmt(paper and paper[0], '.1f')} | {r['gflops']:.1f} "
             f"| {_fmt(paper and paper[2], 'd')} | {_fmt(r['peak_mib'], '.0f')} | {_fmt(paper and paper[1], 'd')} "
-            f"| {r['latency_ms']:.1f} | {_fmt(paper and paper[3], 'd')} | {_fmt(ratio, '.2f')} | {_fmt(paper_ratio, '.2f')} |"
+            f"| {r['latency_ms']:.1f} | {_fmt(paper and paper[3], 'd')} | {_fmt(ratio, '.2f')} | {_fmt(paper_ratio, '.2f')} "
+            f"| {r['gflops'] / r['latency_ms'] * 1e3:.1f} |"
         )
     return "\n".join(lines)
 
