@@ -310,6 +310,7 @@ def run(cfg, log=print):
         trainer.fit(
             train_ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
             validation_data=val_ds, validation_steps=val_steps, callbacks=callbacks, verbose=verbose,
+            shuffle=False,  # the tf.data pipeline shuffles
         )
         if nan_stop.message:
             raise FloatingPointError(nan_stop.message)
@@ -377,8 +378,9 @@ def parse_args(argv=None):
         "resume after an interruption.",
     )
     p.add_argument("--config", help=f"YAML config (default: {os.path.relpath(DEFAULT_CONFIG)})")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.lr=0.02 (repeatable; YAML values)")
+    p.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config values, e.g. --set train.lr=0.02 data.crop_size=[256,512] "
+                   "(YAML values; repeatable)")
     p.add_argument("--strategy", choices=("auto", "default", "mirrored", "multi_worker", "tpu"),
                    help="tf.distribute strategy (same as --set train.strategy=...)")
     p.add_argument("--mixed-precision", choices=("float16", "bfloat16"),
@@ -416,7 +418,7 @@ def main(argv=None):
     args = parse_args(argv)
     from ocr_tf.config import ConfigError, load_config
 
-    overrides = list(args.overrides)
+    overrides = [item for group in args.overrides for item in group]
     if args.strategy:
         overrides.append(f"train.strategy={args.strategy}")
     if args.mixed_precision:
