@@ -250,3 +250,22 @@ def test_killed_export_leaves_no_version_directory(tmp_path):
     assert not [n for n in left if n.isdigit()]  # ... but no version TF Serving would load
     # The next export still gets version 1 and ignores the leftover.
     assert export.export_saved_model(tiny_segmenter(), str(base)) == str(base / "1")
+
+
+def test_cli_exports_a_keras_file_with_its_class_names(tmp_path):
+    model = tiny_segmenter()
+    model.save(tmp_path / "tiny.keras")
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(CLASS_NAMES) + "\n")
+    cmd = [sys.executable, "-m", "ocr_tf.export", "--weights", str(tmp_path / "tiny.keras"), "--format",
+           "saved_model", "--dataset", str(classes), "--output", str(tmp_path / "out"), "--with-probabilities"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    path = proc.stdout.strip().splitlines()[-1]
+    assert path == str(tmp_path / "out" / "1")
+    with open(os.path.join(path, "assets.extra", "labels.txt")) as f:
+        assert f.read().splitlines() == CLASS_NAMES
+    images = np.random.default_rng(5).integers(0, 256, (1, 29, 41, 3), dtype=np.uint8)
+    labels = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))["labels"]
+    ref_labels, _, margin = reference(model, images)
+    assert_labels_match(labels.numpy(), ref_labels, margin)
