@@ -20,8 +20,8 @@ OCR gets its soft object regions as an input, as it reuses that branch's output)
   process's CPU time instead of the wall clock (with `--threads 1`: one core's compute time,
   which other processes' load hardly changes);
 * the machine's float32 matmul peak (best of a few n x n matmuls) and OCR's latency against
-  its roofline FLOPs / peak. "stem" times the 3x3 2048->512 conv alone, which OCR and every
-  relational head share.
+  its roofline FLOPs / peak. For profiling, "stem" times the 3x3 2048->512 conv alone, which OCR
+  and every relational head share, and "stem_taps" the same conv as 9 shifted matmuls.
 """
 
 import argparse
@@ -46,6 +46,7 @@ PAPER_TABLE4 = {
     "double_attention": (10.2, 209, 338, 46),
 }
 HEADS = ("ocr", "ppm", "aspp", "danet", "cc_attention", "self_attention", "double_attention")
+PROFILE_MODULES = ("stem", "stem_taps")
 COUNTED_OPS = ("Conv2D", "MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum")
 
 
@@ -194,6 +195,19 @@ def build_module(name, features, region_logits, num_classes):
             return stem(x, training=False)
 
         layers = [stem]
+    elif name == "stem_taps":
+        # The stem's conv3x3 as 9 shifted 1x1 matmuls: the same math, to compare TF's Conv2D
+        # kernel with the matmul peak (BN folded away: inference BN is a per-channel affine).
+        kernel = tf.Variable(tf.random.normal((3, 3, channels, TABLE4_OCR_CONFIG["mid_channels"]), stddev=0.01))
+
+        def module(x):
+            h, w = x.shape[1], x.shape[2]
+            padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+            taps = [tf.einsum("bhwc,co->bhwo", padded[:, i : i + h, j : j + w, :], kernel[i, j]) for i in range(3) for j in range(3)]
+            return tf.nn.relu(tf.add_n(taps))
+
+        fn = tf.function(module)
+        return fn, inputs, int(np.prod(kernel.shape)), 4 * int(np.prod(kernel.shape))
     elif name in CONTEXT_HEADS:
         head = CONTEXT_HEADS[name](num_classes)
         head.build((None, None, None, channels))
@@ -371,7 +385,8 @@ def parse_args(argv=None):
         "--heads",
         nargs="+",
         default=list(HEADS) + ["stem"],
-        help=f"heads to run (OCR always runs): {', '.join(HEADS)}, stem (the shared conv3x3 alone)",
+        help=f"heads to run (OCR always runs): {', '.join(HEADS)}; for profiling: stem (the conv3x3 "
+        "2048->512 OCR and the relational heads share, alone), stem_taps (that conv as 9 matmuls)",
     )
     ctx.add_argument("--threads", type=int, default=0, help="intra-op threads (0: TensorFlow's default)")
     ctx.add_argument(
@@ -392,9 +407,9 @@ def parse_args(argv=None):
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.warmup < 1:
         parser.error("--warmup must be >= 1 (the first call traces the graph)")
-    unknown = [h for h in args.heads if h not in HEADS + ("stem",)]
+    unknown = [h for h in args.heads if h not in HEADS + PROFILE_MODULES]
     if unknown:
-        parser.error(f"unknown heads {unknown}; choose from {', '.join(HEADS)}, stem")
+        parser.error(f"unknown heads {unknown}; choose from {', '.join(HEADS + PROFILE_MODULES)}")
     return args
 
 

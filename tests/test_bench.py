@@ -74,6 +74,17 @@ def test_ocr_graph_flops_equal_the_analytic_count():
     assert bench.ocr_analytic_flops(128) == 2 * macs == 338_123_685_888  # 0.55% under 340G
 
 
+def test_stem_taps_is_the_stem_conv_as_matmuls():
+    x = tf.random.normal((1, 5, 7, 16))
+    fn, inputs, params, _ = bench.build_module("stem_taps", x, None, num_classes=3)
+    concrete = fn.get_concrete_function(tf.TensorSpec(x.shape))
+    flops, per_type = bench.count_graph_flops(concrete.graph)
+    assert params == 9 * 16 * 512 and per_type == {"Einsum": 2 * 5 * 7 * 9 * 16 * 512}
+    (variable,) = concrete.variables
+    want = tf.nn.relu(tf.nn.conv2d(x, variable, 1, "SAME"))
+    np.testing.assert_allclose(fn(*inputs).numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_cli_end_to_end(tmp_path):
     out = tmp_path / "table4.json"
     md = tmp_path / "table4.md"
