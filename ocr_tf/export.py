@@ -221,14 +221,21 @@ def calibration_images(calibration_data, input_size, num_samples, num_classes):
     files = sorted(glob.glob(str(calibration_data)))
     if not files:
         raise FileNotFoundError(f"No TFRecord files match the calibration glob {calibration_data!r}.")
+    # Round-robin over the shards: the first records of one shard are often one city / scene.
+    readers = [(path, enumerate(tf.data.TFRecordDataset(path))) for path in files]
     count = 0
-    for path in files:
-        for index, serialized in enumerate(tf.data.TFRecordDataset(path)):
-            if count >= num_samples:
-                return
+    while readers and count < num_samples:
+        for path, reader in list(readers):
+            item = next(reader, None)
+            if item is None:
+                readers.remove((path, reader))
+                continue
+            index, serialized = item
             image, _, _ = records.decode_record(serialized, num_classes, file=path, index=index)
             yield _resize_uint8(image, input_size).numpy()
             count += 1
+            if count >= num_samples:
+                return
 
 
 def _configure_quantization(converter, quantize, representative):
@@ -291,7 +298,8 @@ def export_tflite(
     def representative():
         count = 0
         images = calibration_images(calibration_data, input_size, num_calibration, _num_classes(model))
-        for image in tqdm(images, desc="int8 calibration", total=num_calibration, unit="image"):
+        total = min(num_calibration, len(calibration_data)) if hasattr(calibration_data, "__len__") else None
+        for image in tqdm(images, desc="int8 calibration", total=total, unit="image"):
             count += 1
             yield [image[None]]
         if count == 0:
@@ -351,6 +359,8 @@ def load_model(weights, model_name=None, num_classes=None, overrides=None):
     from ocr_tf import models  # registers the model's layers for deserialisation
 
     if weights and str(weights).endswith(".keras"):
+        if overrides:
+            raise ValueError(f"--model-arg {overrides} cannot change a .keras model ({weights}).")
         return keras.saving.load_model(weights, compile=False)
     if model_name is None or num_classes is None:
         raise ValueError("--model and the number of classes are needed unless --weights is a .keras file.")

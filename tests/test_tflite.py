@@ -218,3 +218,24 @@ def test_export_tflite_refuses_bad_arguments(tmp_path):
     with pytest.raises(FileNotFoundError, match="no_such_dir"):
         list(export.calibration_images(str(tmp_path / "no_such_dir" / "*.tfrecord"), (16, 16), 4, 4))
     assert not list(tmp_path.iterdir())  # nothing written by a refused export
+
+
+def test_calibration_reads_tfrecords_round_robin_and_names_bad_records(tmp_path):
+    from ocr_tf.data.records import make_example
+
+    for shard in range(2):
+        with tf.io.TFRecordWriter(str(tmp_path / f"train-{shard}.tfrecord")) as writer:
+            for i in range(3):
+                image = np.full((10 + i, 12, 3), 10 * shard + i, np.uint8)  # value encodes (shard, index)
+                writer.write(make_example(image, source_id=f"{shard}-{i}").SerializeToString())
+    images = list(export.calibration_images(str(tmp_path / "train-*.tfrecord"), (8, 6), 5, num_classes=4))
+    assert [int(image[0, 0, 0]) for image in images] == [0, 10, 1, 11, 2]
+    assert all(image.shape == (8, 6, 3) and image.dtype == np.uint8 for image in images)
+    assert all((image == image[0, 0, 0]).all() for image in images)  # resized, values kept
+
+    with tf.io.TFRecordWriter(str(tmp_path / "bad-0.tfrecord")) as writer:
+        example = tf.train.Example()
+        example.features.feature["image/encoded"].bytes_list.value.append(b"not an image")
+        writer.write(example.SerializeToString())
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"record 0 of .*bad-0.tfrecord"):
+        list(export.calibration_images(str(tmp_path / "bad-*.tfrecord"), (8, 6), 5, num_classes=4))
