@@ -128,8 +128,6 @@ def count_records(pattern):
 
 def make_datasets(cfg, info, strategy):
     """(train, val, validation_steps): distributed per replica when there are several."""
-    import tensorflow as tf
-
     from ocr_tf.data.pipeline import make_dataset
 
     d, t = cfg.data, cfg.train
@@ -165,7 +163,6 @@ def make_datasets(cfg, info, strategy):
     else:
         train = train_fn()
         val = val_fn() if d.val else None
-    del tf
     return train, val, val_steps
 
 
@@ -253,7 +250,6 @@ def evaluate(network, cfg, info):
 def run(cfg, log=print):
     """Train, evaluate, export as the config says. Returns a summary dict."""
     import keras
-    import tensorflow as tf
 
     from ocr_tf.callbacks import BestCheckpoint, NaNStop, StepBackupAndRestore, TensorBoardExtras
     from ocr_tf.distribute import get_strategy, is_chief, task_info
@@ -333,7 +329,6 @@ def run(cfg, log=print):
     summary["exports"] = export(network, cfg, info, log)
     summary["logs"] = {"tensorboard": log_dir, "csv": os.path.join(run_dir, "training_log.csv")}
     summary["total_seconds"] = time.time() - start
-    del tf
     return summary
 
 
@@ -401,16 +396,16 @@ def _print_summary(summary, cfg, log=print):
             log(f"  {name:<20s} IoU {'  n/a' if iou != iou else f'{100 * iou:5.1f}'}")
     if "best" in summary:
         b = summary["best"]
-        log(f"Best checkpoint:  {summary['checkpoint']}  (val mIoU {100 * b['val_miou']:.2f}% at step {b['step']})")
+        log(f"Best checkpoint:    {os.path.abspath(summary['checkpoint'])}  (val mIoU {100 * b['val_miou']:.2f}% at step {b['step']})")
     else:
-        log(f"Checkpoint:       {summary.get('checkpoint')}")
-    log(f"Run folder:       {summary['run_dir']}  (config.yaml, training_log.csv)")
-    log(f"TensorBoard:      tensorboard --logdir {summary['logs']['tensorboard']}")
+        log(f"Checkpoint:         {os.path.abspath(summary.get('checkpoint'))}")
+    log(f"Run folder:         {os.path.abspath(summary['run_dir'])}  (config.yaml, training_log.csv)")
+    log(f"TensorBoard:        tensorboard --logdir {os.path.abspath(summary['logs']['tensorboard'])}")
     exports = summary.get("exports", {})
     if not exports:
-        log("Export:           skipped (output.export_dir is null)")
+        log(f"{'Export:':<20s}skipped (output.export_dir is null)")
     for kind, path in exports.items():
-        log(f"Export {kind + ':':<11s}{path}")
+        log(f"{'Export ' + kind + ':':<20s}{os.path.abspath(path) if os.path.exists(path) else path}")
     log("=" * 72)
 
 

@@ -175,7 +175,7 @@ def test_resume_after_sigkill_continues_step_and_lr(tmp_path, demo_cache):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     line = next(l for l in again.stdout.splitlines() if l.startswith("Resumed from"))
     step = int(line.split(" at step ")[1].split()[0])
-    lr = float(line.split("learning rate ")[1].rstrip(").")) 
+    lr = float(line.split("learning rate ")[1].rstrip(")."))
     assert step == killed_at  # the step counter continues; it does not restart from zero
     assert lr == pytest.approx(_lr(step, iterations), rel=1e-5)  # and so does the LR schedule
     rows = list(csv.DictReader(open(run_dir / "training_log.csv")))
