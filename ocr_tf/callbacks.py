@@ -116,9 +116,11 @@ class NaNStop(keras.callbacks.Callback):
 
 class BestCheckpoint(keras.callbacks.Callback):
     """Save `network` weights: `last.weights.h5` every epoch and `best.weights.h5` when the
-    monitored validation metric improves (higher is better); `best.json` describes the best."""
+    monitored validation metric improves (higher is better); `best.json` describes the best.
+    `resume=True` continues an interrupted run (its best so far stays the bar to beat); a
+    fresh run in the same folder overwrites the old files at its first epoch."""
 
-    def __init__(self, network, directory, monitor="val_miou"):
+    def __init__(self, network, directory, monitor="val_miou", resume=False):
         super().__init__()
         self.network = network
         self.directory = directory
@@ -127,7 +129,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         self.last_path = os.path.join(directory, "last.weights.h5")
         self.info_path = os.path.join(directory, "best.json")
         self.best = -math.inf
-        if os.path.exists(self.info_path):  # resumed run: keep beating the earlier best
+        if resume and os.path.exists(self.info_path):  # resumed run: keep beating its earlier best
             with open(self.info_path) as f:
                 self.best = json.load(f).get(self.monitor, -math.inf)
 

@@ -294,10 +294,13 @@ def run(cfg, log=print):
     nan_stop = NaNStop(keep_hint=f"The last good backup is in {backup_dir}.")
     callbacks = [nan_stop, backup]
     if chief:
+        csv_path = os.path.join(run_dir, "training_log.csv")
+        if not step and os.path.exists(csv_path):
+            os.remove(csv_path)  # a fresh run in an old folder; a resumed one appends
         images, labels = sample_images(cfg.data.val, cfg.data.num_classes, t.tensorboard_images, cfg.data.ignore_label)
         callbacks += [
-            BestCheckpoint(network, ckpt_dir),
-            keras.callbacks.CSVLogger(os.path.join(run_dir, "training_log.csv"), append=True),
+            BestCheckpoint(network, ckpt_dir, resume=step > 0),
+            keras.callbacks.CSVLogger(csv_path, append=True),
             keras.callbacks.TensorBoard(log_dir, update_freq="epoch", write_graph=False),
             TensorBoardExtras(log_dir, network, images, labels, info.palette, cfg.data.ignore_label),
         ]

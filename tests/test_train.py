@@ -255,3 +255,12 @@ def test_mixed_precision_keeps_logits_and_loss_float32(policy):
         assert scaled == (policy == "mixed_float16")  # loss scaling only where float16 needs it
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_best_checkpoint_bar_only_carries_over_on_resume(tmp_path):
+    from ocr_tf.callbacks import BestCheckpoint
+
+    (tmp_path / "best.json").write_text(json.dumps({"val_miou": 0.7, "epoch": 3, "step": 300}))
+    assert BestCheckpoint(None, str(tmp_path), resume=True).best == 0.7
+    # a fresh run in an old folder must not keep (and later export) the old run's weights
+    assert BestCheckpoint(None, str(tmp_path), resume=False).best == -float("inf")
