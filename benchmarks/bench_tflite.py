@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 from ocr_tf import models  # noqa: E402
 from ocr_tf.export import export_tflite, parse_input_size  # noqa: E402
-from ocr_tf.tflite_utils import TFLiteSegmenter  # noqa: E402
+from ocr_tf.tflite_utils import TFLiteSegmenter, count_macs  # noqa: E402
 
 
 def calibration_set(input_size, count, seed=0):
@@ -37,6 +37,17 @@ def calibration_set(input_size, count, seed=0):
     except ImportError:
         rng = np.random.default_rng(seed)
         return [rng.integers(0, 256, (*input_size, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def time_model(path, threads, warmup, runs, image):
@@ -76,23 +87,24 @@ def main(argv=None):
                 path = os.path.join(tmp, f"{name}_{quantize}.tflite")
                 export_tflite(model, path, input_size=size, quantize=quantize, calibration_data=calibration,
                               num_calibration=args.num_calibration)
+                gmacs = sum(count_macs(path).values()) / 1e9
                 for threads in args.threads:
                     load_before = os.getloadavg()[0]
                     timing = time_model(path, threads, args.warmup, args.runs, image)
-                    row = dict(model=name, quantize=quantize, threads=threads, size_mb=os.path.getsize(path) / 2**20,
+                    row = dict(model=name, quantize=quantize, threads=threads, gmacs=gmacs, size_mb=os.path.getsize(path) / 2**20,
                                load_before=load_before, load_after=os.getloadavg()[0], **timing)
                     results.append(row)
                     print(f"{name} {quantize} threads={threads}: median {row['median_ms']:.1f} ms "
                           f"(min {row['min_ms']:.1f}), load {load_before:.2f}->{row['load_after']:.2f}", flush=True)
 
     print(f"\nLiteRT (XNNPACK), input {size[0]}x{size[1]}, alpha {args.alpha}, {args.num_classes} classes, "
-          f"{args.runs} runs after {args.warmup} warm-up; {platform.processor() or platform.machine()}, "
+          f"{args.runs} runs after {args.warmup} warm-up; {cpu_name()}, "
           f"{os.cpu_count()} logical CPUs\n")
-    print("| model | weights/activations | threads | median ms | min ms | .tflite MB | load avg before/after |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | weights/activations | threads | median ms | min ms | GMACs | .tflite MB | load avg before/after |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['model']} | {'float32' if r['quantize'] == 'none' else r['quantize']} | {r['threads']} | "
-              f"{r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['size_mb']:.2f} | "
+              f"{r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['gmacs']:.2f} | {r['size_mb']:.2f} | "
               f"{r['load_before']:.2f} / {r['load_after']:.2f} |")
     if args.json:
         with open(args.json, "w") as f:

@@ -58,6 +58,37 @@ def check_builtin_only(model):
     return ops
 
 
+def count_macs(model):
+    """Multiply-accumulates per inference of a TFLite model (bytes or path), by op name, read from
+    the flatbuffer's tensor shapes: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED and BATCH_MATMUL
+    (the ops that dominate a segmenter's cost; element-wise ops are left out)."""
+    parsed = schema.ModelT.InitFromPackedBuf(_model_bytes(model), 0)
+    names = list_ops(model)
+    macs = {}
+    for graph in parsed.subgraphs:
+        def shape(index):
+            return [int(d) for d in graph.tensors[index].shape]
+
+        for op in graph.operators:
+            name = names[op.opcodeIndex]
+            out = int(np.prod(shape(op.outputs[0])))
+            if name == "CONV_2D":  # filter (Cout, kh, kw, Cin)
+                _, kh, kw, cin = shape(op.inputs[1])
+                count = out * kh * kw * cin
+            elif name == "DEPTHWISE_CONV_2D":  # filter (1, kh, kw, C)
+                count = out * shape(op.inputs[1])[1] * shape(op.inputs[1])[2]
+            elif name == "FULLY_CONNECTED":  # weights (Cout, Cin)
+                count = out * shape(op.inputs[1])[1]
+            elif name == "BATCH_MATMUL":  # contracted size: a's last axis, or a's second last if adj_x
+                a = shape(op.inputs[0])
+                options = op.builtinOptions
+                count = out * (a[-2] if options is not None and options.adjX else a[-1])
+            else:
+                continue
+            macs[name] = macs.get(name, 0) + int(count)
+    return macs
+
+
 class TFLiteSegmenter:
     """A segmenter exported by `ocr_tf.export.export_tflite`, run with LiteRT's interpreter.
 

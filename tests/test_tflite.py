@@ -15,7 +15,7 @@ from ocr_tf.data.datasets.demo import prepare_demo
 from ocr_tf.layers import ConvBN, OCRHead, resize_bilinear
 from ocr_tf.losses import SegmentationLoss
 from ocr_tf.preprocessing import normalize_image
-from ocr_tf.tflite_utils import TFLiteSegmenter, check_builtin_only, list_ops
+from ocr_tf.tflite_utils import TFLiteSegmenter, check_builtin_only, count_macs, list_ops
 
 SIZE = (96, 128)  # the demo images' size
 
@@ -239,3 +239,21 @@ def test_calibration_reads_tfrecords_round_robin_and_names_bad_records(tmp_path)
         writer.write(example.SerializeToString())
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"record 0 of .*bad-0.tfrecord"):
         list(export.calibration_images(str(tmp_path / "bad-*.tfrecord"), (8, 6), 5, num_classes=4))
+
+
+def test_count_macs_matches_the_architecture(tmp_path):
+    path = str(tmp_path / "tiny.tflite")
+    export.export_tflite(tiny_segmenter(), path, input_size=(16, 24))
+    p, k, c, kc = 8 * 12, 4, 16, 8  # feature positions, classes, channels, key channels
+    convs = (
+        p * c * 3 * 3 * 3  # stem conv 3x3 stride 2
+        + p * c * c + p * k * c  # soft object regions: aux_head 1x1, aux_cls
+        + p * c * 9 * c  # conv3x3_ocr
+        + p * kc * c + p * kc * kc  # f_pixel (phi)
+        + k * kc * c + k * kc * kc + k * kc * c  # f_object (psi) and f_down (delta) on the K regions
+        + p * c * kc  # f_up (rho)
+        + p * c * 2 * c  # conv_bn on [context, pixels]
+        + p * k * c  # cls_head
+    )
+    matmuls = k * c * p + p * k * kc + p * kc * k  # gather (eq. 4), relation (eq. 5), context (eq. 3)
+    assert count_macs(path) == {"CONV_2D": convs, "BATCH_MATMUL": matmuls}
