@@ -206,7 +206,7 @@ def build_module(name, features, region_logits, num_classes):
             taps = [tf.einsum("bhwc,co->bhwo", padded[:, i : i + h, j : j + w, :], kernel[i, j]) for i in range(3) for j in range(3)]
             return tf.nn.relu(tf.add_n(taps))
 
-        fn = tf.function(module)
+        fn = tf.function(module, autograph=False)
         return fn, inputs, int(np.prod(kernel.shape)), 4 * int(np.prod(kernel.shape))
     elif name in CONTEXT_HEADS:
         head = CONTEXT_HEADS[name](num_classes)
@@ -217,10 +217,10 @@ def build_module(name, features, region_logits, num_classes):
 
         params = n_weights([head]) - n_weights([head.aux_head])
         weights = n_weights([head], trainable=False) - n_weights([head.aux_head], trainable=False)
-        return tf.function(module), inputs, params, 4 * weights
+        return tf.function(module, autograph=False), inputs, params, 4 * weights
     else:
         raise ValueError(f"Unknown head {name!r}; known: ocr, stem, {', '.join(CONTEXT_HEADS)}.")
-    return tf.function(module), inputs, n_weights(layers), 4 * n_weights(layers, trainable=False)
+    return tf.function(module, autograph=False), inputs, n_weights(layers), 4 * n_weights(layers, trainable=False)
 
 
 def bench_heads(names, args):
