@@ -163,7 +163,8 @@ def matmul_peak_gflops(n, repeats=5):
 
 
 def n_weights(layers, trainable=True):
-    return int(sum(int(np.prod(w.shape)) for layer in layers for w in (layer.trainable_weights if trainable else layer.weights)))
+    weights = [w for layer in layers for w in (layer.trainable_weights if trainable else layer.weights)]
+    return int(sum(int(np.prod(w.shape)) for w in weights))
 
 
 def build_module(name, features, region_logits, num_classes):
@@ -203,7 +204,11 @@ def build_module(name, features, region_logits, num_classes):
         def module(x):
             h, w = x.shape[1], x.shape[2]
             padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
-            taps = [tf.einsum("bhwc,co->bhwo", padded[:, i : i + h, j : j + w, :], kernel[i, j]) for i in range(3) for j in range(3)]
+            taps = [
+                tf.einsum("bhwc,co->bhwo", padded[:, i : i + h, j : j + w, :], kernel[i, j])
+                for i in range(3)
+                for j in range(3)
+            ]
             return tf.nn.relu(tf.add_n(taps))
 
         fn = tf.function(module, autograph=False)
@@ -284,7 +289,8 @@ def markdown_table(result):
         lines.append(
             f"| {name} | {r['params'] / 1e6:.3f} | {_fmt(paper and paper[0], '.1f')} | {r['gflops']:.1f} "
             f"| {_fmt(paper and paper[2], 'd')} | {_fmt(r['peak_mib'], '.0f')} | {_fmt(paper and paper[1], 'd')} "
-            f"| {r['latency_ms']:.1f} | {_fmt(paper and paper[3], 'd')} | {_fmt(ratio, '.2f')} | {_fmt(paper_ratio, '.2f')} "
+            f"| {r['latency_ms']:.1f} | {_fmt(paper and paper[3], 'd')} | {_fmt(ratio, '.2f')} "
+            f"| {_fmt(paper_ratio, '.2f')} "
             f"| {r['gflops'] / r['latency_ms'] * 1e3:.1f} |"
         )
     return "\n".join(lines)

@@ -43,7 +43,11 @@ def test_dilated_conv_counts_the_model_output_not_the_space_to_batch_padding():
 
 def test_einsum_and_matmul_flops():
     graph = graph_of(
-        lambda a, b, m: (tf.einsum("bnk,bnc->bkc", a, b), tf.matmul(m, m, transpose_a=True), tf.matmul(a, b, adjoint_a=True)),
+        lambda a, b, m: (
+            tf.einsum("bnk,bnc->bkc", a, b),
+            tf.matmul(m, m, transpose_a=True),
+            tf.matmul(a, b, adjoint_a=True),
+        ),
         (2, 30, 4),
         (2, 30, 6),
         (8, 3),
@@ -52,7 +56,8 @@ def test_einsum_and_matmul_flops():
     einsum = 2 * 2 * 30 * 4 * 6  # b, n, k, c: n contracted
     matmul = 2 * 3 * 3 * 8  # (3 x 8) @ (8 x 3)
     batch_matmul = 2 * 2 * 4 * 6 * 30
-    assert per_type.get("Einsum", 0) + per_type.get("BatchMatMulV2", 0) + per_type.get("BatchMatMulV3", 0) == einsum + batch_matmul
+    contractions = sum(per_type.get(op, 0) for op in ("Einsum", "BatchMatMulV2", "BatchMatMulV3"))
+    assert contractions == einsum + batch_matmul
     assert per_type["MatMul"] == matmul and total == einsum + matmul + batch_matmul
 
 
@@ -64,7 +69,8 @@ def test_ocr_graph_flops_equal_the_analytic_count():
     assert flops == bench.ocr_analytic_flops(5, in_channels=24, num_classes=3)
     # Params: stem conv3x3 (bias) + BN, OCR convs with bias (openseg), classifier.
     cbn = lambda i, o, k=1: k * k * i * o + o + 2 * o  # noqa: E731
-    assert params == cbn(24, 512, 3) + 2 * (cbn(512, 256) + cbn(256, 256)) + cbn(512, 256) + cbn(256, 512) + cbn(1024, 512) + 512 * 3 + 3
+    attention = 2 * (cbn(512, 256) + cbn(256, 256)) + cbn(512, 256) + cbn(256, 512)  # phi, psi, delta, rho
+    assert params == cbn(24, 512, 3) + attention + cbn(1024, 512) + 512 * 3 + 3
     bn_stats = 2 * (512 + 2 * (256 + 256) + 256 + 512 + 512)  # moving mean and variance of each BN
     assert weight_bytes == 4 * (params + bn_stats)
     # At Table 4's input: 10.6M parameters and 338 GFLOPs against the paper's 10.5M and 340G.

@@ -158,7 +158,8 @@ def np_adaptive_pool(x, bins):
 @pytest.mark.parametrize("bins", [1, 2, 3, 6])
 def test_adaptive_avg_pool_matches_pytorch_definition(bins):
     x = np.random.default_rng(bins).normal(size=(2, 7, 5, 3))
-    got = tf.function(lambda t: adaptive_avg_pool(t, bins), input_signature=[tf.TensorSpec((None, None, None, 3), tf.float64)])(x)
+    unknown_size = [tf.TensorSpec((None, None, None, 3), tf.float64)]
+    got = tf.function(lambda t: adaptive_avg_pool(t, bins), input_signature=unknown_size)(x)
     np.testing.assert_allclose(got.numpy(), np_adaptive_pool(x, bins), rtol=1e-12, atol=1e-12)
 
 

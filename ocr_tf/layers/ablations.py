@@ -95,7 +95,9 @@ class SchemeObjectAttention(keras.layers.Layer):
     f_down, f_up), so with relation="ocr" the weights are interchangeable with it.
     """
 
-    def __init__(self, key_channels, relation="ocr", out_channels=None, use_bias=False, synchronized=False, **kwargs):
+    def __init__(
+        self, key_channels, relation="ocr", out_channels=None, use_bias=False, synchronized=False, **kwargs
+    ):
         super().__init__(**kwargs)
         if relation not in RELATIONS:
             raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}.")
@@ -131,7 +133,9 @@ class SchemeObjectAttention(keras.layers.Layer):
             self.f_object[1].build((None, None, 1, kc))
         if self.relation == "double_attention":
             if num_regions is None:
-                raise ValueError(f"{self.name}: the DA scheme needs the number of regions K known, got {regions_shape}.")
+                raise ValueError(
+                    f"{self.name}: the DA scheme needs the number of regions K known, got {regions_shape}."
+                )
             self.region_keys = keras.layers.Conv2D(num_regions, 1, use_bias=False, name="region_keys")
             self.region_keys.build((None, None, None, kc))
         self.f_down.build((None, None, 1, c_reg))
@@ -232,10 +236,11 @@ class AblationOCRHead(keras.layers.Layer):
             if regions == "unsupervised"
             else None
         )
-        self.conv3x3_ocr = ConvBN(self.mid_channels, 3, use_bias=self.use_bias, synchronized=sync, name="conv3x3_ocr")
-        self.gather = (
-            GroundTruthGather(name="ocr_gather_head") if regions == "ground_truth" else SpatialGather(name="ocr_gather_head")
+        self.conv3x3_ocr = ConvBN(
+            self.mid_channels, 3, use_bias=self.use_bias, synchronized=sync, name="conv3x3_ocr"
         )
+        gather = GroundTruthGather if regions == "ground_truth" else SpatialGather
+        self.gather = gather(name="ocr_gather_head")
         self.attention = SchemeObjectAttention(
             self.key_channels, relation, use_bias=self.use_bias, synchronized=sync, name="object_context_block"
         )
