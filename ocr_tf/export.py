@@ -88,10 +88,15 @@ def parse_example_images(serialized):
 
 
 def _num_classes(model):
-    shape = model.output["logits"].shape if isinstance(model.output, dict) else None
-    if shape is None or shape[-1] is None:
+    """Channels of the model's "logits" (from its symbolic output, or one small call for
+    subclassed models, which have none)."""
+    try:
+        outputs = model.output
+    except (AttributeError, ValueError):
+        outputs = model(tf.zeros([1, 64, 64, 3]), training=False)
+    if not isinstance(outputs, dict) or "logits" not in outputs or outputs["logits"].shape[-1] is None:
         raise ValueError("The model must output a dict with 'logits' of known channel count (num_classes).")
-    return int(shape[-1])
+    return int(outputs["logits"].shape[-1])
 
 
 def _check_class_names(model, class_names):

@@ -257,3 +257,24 @@ def test_count_macs_matches_the_architecture(tmp_path):
     )
     matmuls = k * c * p + p * k * kc + p * kc * k  # gather (eq. 4), relation (eq. 5), context (eq. 3)
     assert count_macs(path) == {"CONV_2D": convs, "BATCH_MATMUL": matmuls}
+
+
+def test_subclassed_model_exports(tmp_path):
+    """A subclassed model has no symbolic output; the class count comes from one call."""
+
+    class Wrapper(keras.Model):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def call(self, x, training=None):
+            return self.inner(x, training=training)
+
+    model = Wrapper(tiny_segmenter())
+    path = str(tmp_path / "sub.tflite")
+    export.export_tflite(model, path, input_size=(16, 24), class_names=["a", "b", "c", "d"])
+    image = np.random.default_rng(3).integers(0, 256, (1, 16, 24, 3), dtype=np.uint8)
+    ref_logits, ref_labels = keras_reference(model, image)
+    out = TFLiteSegmenter(path)(image)
+    np.testing.assert_allclose(out["logits"], ref_logits[0], atol=1e-4 * np.ptp(ref_logits))
+    assert (out["labels"] == ref_labels[0]).mean() >= 0.999
