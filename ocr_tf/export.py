@@ -405,6 +405,8 @@ def main(argv=None):
     from ocr_tf.data.datasets import get_dataset_info
 
     class_names = list(get_dataset_info(args.dataset).class_names)
+    if not args.weights:
+        print("warning: no --weights given, exporting randomly initialised weights", file=sys.stderr)
     model = load_model(args.weights, args.model, len(class_names), _parse_overrides(args.model_arg))
     name = args.model or os.path.splitext(os.path.basename(args.weights))[0].removesuffix(".weights")
     if args.format == "saved_model":
