@@ -40,11 +40,16 @@ def tiny_overrides(run_dir, export_dir="null", iterations=6, steps_per_epoch=3, 
 def demo_cache(tmp_path_factory):
     """The demo dataset generated once for this session, in a temporary cache."""
     cache = str(tmp_path_factory.mktemp("ocr_tf_cache"))
-    os.environ["OCR_TF_CACHE"] = cache
+    previous = os.environ.get("OCR_TF_CACHE")
+    os.environ["OCR_TF_CACHE"] = cache  # the train command calls prepare_demo() with no folder
     from ocr_tf.data.datasets.demo import prepare_demo
 
     prepare_demo(os.path.join(cache, "demo"))
-    return cache
+    yield cache
+    if previous is None:
+        os.environ.pop("OCR_TF_CACHE", None)
+    else:
+        os.environ["OCR_TF_CACHE"] = previous
 
 
 # ------------------------------------------------------------------------------ planning
