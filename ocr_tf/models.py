@@ -7,13 +7,15 @@ stride 4 for HRNet, the output stride (8 by default) for dilated ResNet and Mobi
 Names are `<backbone>_<head>`:
   backbones  hrnet_w48, hrnet_w32, hrnet_w18, hrnet_w18s (W18-small-v2), resnet101, resnet50, mobilenetv2
   heads      ocr  - `OCRHead`: style "hrnet" on HRNet ([HR]); style "openseg" with the soft object
-                    regions from stage 3 (aux_channels 512) on ResNet ([OS]); hrnet style on
-                    MobileNetV2 with the aux head narrowed to `mid_channels` (the phone model).
+                    regions from stage 3 (aux_channels 512) on ResNet ([OS]); on MobileNetV2 (the
+                    phone model) with `shared_stem`: the FCN baseline's 1x1 stem and classifier
+                    give the soft object regions, and OCR adds only its attention module.
              fcn  - `FCNHead`: backbone + classifier. On HRNet it is the official seg_hrnet head
                     (`last_layer`: 1x1 conv C->C, BN, ReLU, 1x1 -> K) and `aux_logits` is the same
                     tensor as `logits` (there is no second output; give the aux loss weight 0 or
                     accept it counted twice). On ResNet `aux_logits` come from an FCN head on stage 3.
-                    On MobileNetV2 as on HRNet.
+                    On MobileNetV2 the conv is 1x1 to `mid_channels` (256), the same stem the
+                    OCR model shares, so the two phone models differ by the OCR module alone.
              any key of `ocr_tf.layers.context.CONTEXT_HEADS` (ppm, aspp, ...), when that module exists.
 A `keras.Model` may be given instead of a name, with `features=` (and `aux_features=`) layer names.
 """
@@ -198,7 +200,7 @@ def _make_head(head, family, num_classes, opts):
     widths = {**HEAD_DEFAULTS[family], **{k: opts[k] for k in ("mid_channels", "key_channels") if k in opts}}
     if head == "ocr":
         style = "openseg" if family == "resnet" else "hrnet"
-        aux_channels = {"resnet": 512, "mobilenet": widths["mid_channels"]}.get(family)
+        aux_channels = 512 if family == "resnet" else None
         return OCRHead(
             num_classes,
             mid_channels=widths["mid_channels"],
@@ -208,12 +210,14 @@ def _make_head(head, family, num_classes, opts):
             dropout=dropout,
             align_corners=align,
             synchronized=sync,
+            shared_stem=family == "mobilenet",
             name="head",
         )
     if head == "fcn":
         if family == "resnet":
             return FCNHead(num_classes, opts.get("mid_channels", 512), 3, dropout=dropout, synchronized=sync, name="head")
-        return FCNHead(num_classes, opts.get("mid_channels"), 1, dropout=opts.get("dropout", 0.0), synchronized=sync, name="head")
+        channels = widths["mid_channels"] if family == "mobilenet" else opts.get("mid_channels")
+        return FCNHead(num_classes, channels, 1, dropout=opts.get("dropout", 0.0), synchronized=sync, name="head")
     cls = _context_heads()[head]
     accepted = _head_kwargs_accepted(cls)
     kwargs = {k: v for k, v in opts.items() if k in accepted}

@@ -68,12 +68,13 @@ def augmented(pixels, regions, w, key_channels):
     return conv_bn_relu(np.concatenate([y, pixels], axis=-1), w["conv_bn"])
 
 
-def ocr_head(features, w, key_channels, aux_features=None, aux_pad=0):
-    """The whole head as ANCHORS.md describes it. Returns (logits, aux_logits)."""
+def ocr_head(features, w, key_channels, aux_features=None, aux_pad=0, shared_stem=False):
+    """The whole head as ANCHORS.md describes it. Returns (logits, aux_logits).
+    shared_stem: the aux head's conv-BN-ReLU output is also the OCR branch's pixel representation."""
     aux_in = features if aux_features is None else aux_features
     aux = conv_bn_relu(aux_in, w["aux_head"], pad=aux_pad)
     aux_logits = conv(aux, w["aux_cls"]["kernel"], w["aux_cls"]["bias"])
-    feats = conv_bn_relu(features, w["conv3x3_ocr"], pad=1)
+    feats = aux if shared_stem else conv_bn_relu(features, w["conv3x3_ocr"], pad=1)
     regions = region_representations(feats, aux_logits)
     z = augmented(feats, regions, w, key_channels)
     logits = conv(z, w["cls_head"]["kernel"], w["cls_head"]["bias"])

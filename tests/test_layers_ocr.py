@@ -60,7 +60,8 @@ def head_weights(head):
     w = attention_weights(head.ocr.attention)
     w["conv_bn"] = conv_bn_weights(head.ocr.fuse)
     w["aux_head"] = conv_bn_weights(head.aux_head)
-    w["conv3x3_ocr"] = conv_bn_weights(head.conv3x3_ocr)
+    if head.conv3x3_ocr is not None:
+        w["conv3x3_ocr"] = conv_bn_weights(head.conv3x3_ocr)
     for name in ("aux_cls", "cls_head"):
         layer = getattr(head, name)
         w[name] = {"kernel": layer.kernel.numpy().astype(np.float64), "bias": layer.bias.numpy().astype(np.float64)}
@@ -163,6 +164,20 @@ def test_ocr_head_openseg_style_uses_aux_features_with_3x3():
     assert rel_err(out["logits"], logits) < 1e-5
 
 
+def test_ocr_head_shared_stem_is_fcn_plus_the_ocr_module():
+    (features,) = random_inputs(12, (2, 6, 9, 20))
+    head = OCRHead(4, mid_channels=16, key_channels=8, shared_stem=True)
+    head(features)
+    randomize(head, seed=12)
+    out = head(features, training=False)
+    logits, aux = ref.ocr_head(features.astype(np.float64), head_weights(head), 8, shared_stem=True)
+    assert head.conv3x3_ocr is None and head.aux_head.conv.kernel.shape == (1, 1, 20, 16)
+    assert rel_err(out["aux_logits"], aux) < 1e-5
+    assert rel_err(out["logits"], logits) < 1e-5
+    with pytest.raises(ValueError, match="shared_stem"):
+        OCRHead(4, shared_stem=True)(features, features)
+
+
 # ---------------------------------------------------------------- shapes and Keras behaviour
 
 
@@ -211,6 +226,7 @@ def test_layer_configs_round_trip():
         ObjectAttention(16, out_channels=32, scale=2, synchronized=True),
         SpatialOCR(8, 24, dropout=0.1, align_corners=False),
         OCRHead(7, mid_channels=32, key_channels=16, style="openseg", aux_channels=64),
+        OCRHead(3, mid_channels=8, key_channels=4, shared_stem=True),
         ConvBN(8, 3, strides=2, use_bias=True, activation=None, synchronized=True),
     ]:
         clone = layer.__class__.from_config(layer.get_config())

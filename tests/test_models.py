@@ -186,3 +186,17 @@ def test_mobilenetv2_ocr_converts_to_tflite_builtins_and_matches(tmp_path):
         ref = np.asarray(want[key])
         best = min(np.max(np.abs(g - ref)) for g in got if g.shape == ref.shape)
         assert best <= 1e-4 * np.max(np.abs(ref)), key
+
+
+def test_phone_ocr_model_is_the_fcn_baseline_plus_the_ocr_module():
+    # mobilenetv2_ocr shares the FCN baseline's 1x1 stem (its classifier gives the soft object
+    # regions), so the two differ by exactly the OCR module + the final classifier:
+    #   f_pixel 256*128 + 128*128, f_object the same, f_down 256*128, f_up 128*256,
+    #   conv_bn 512*256, BN gamma/beta 2*(4*128 + 128 + 256 + 256), cls_head 256*K + K.
+    k = 19
+    fcn = build_model("mobilenetv2_fcn", k, alpha=0.35)
+    ocr = build_model("mobilenetv2_ocr", k, alpha=0.35)
+    extra = 2 * (256 * 128 + 128 * 128) + 2 * 256 * 128 + 512 * 256 + 2 * (4 * 128 + 128 + 256 + 256) + 256 * k + k
+    count = lambda m: sum(int(np.prod(w.shape)) for w in m.trainable_weights)  # noqa: E731
+    assert count(ocr) - count(fcn) == extra
+    assert ocr.get_layer("head").shared_stem
