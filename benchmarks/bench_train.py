@@ -84,9 +84,9 @@ def compare(args):
     out = args.out or tempfile.mkdtemp(prefix="bench_train_compare_")
     base = list(args.set or []) + ["output.export_dir=null", "train.verbose=2"]
     variants = {
-        "ocr": ["model.name=hrnet_w48_ocr"],
+        "ocr": ["model.name=hrnet_tiny_ocr"],
         # The HRNet FCN head returns its logits as aux_logits too: no aux loss for it.
-        "fcn": ["model.name=hrnet_w48_fcn", "model.overrides.key_channels=null", "loss.aux_weight=0.0"],
+        "fcn": ["model.name=hrnet_tiny_fcn", "model.overrides.key_channels=null", "loss.aux_weight=0.0"],
     }
     rows = {}
     for name in args.heads:

@@ -5,7 +5,8 @@ NHWC images and returns `{"logits", "aux_logits"}` (float32, B x h x w x K) at f
 stride 4 for HRNet, the output stride (8 by default) for dilated ResNet and MobileNetV2.
 
 Names are `<backbone>_<head>`:
-  backbones  hrnet_w48, hrnet_w32, hrnet_w18, hrnet_w18s (W18-small-v2), resnet101, resnet50, mobilenetv2
+  backbones  hrnet_w48, hrnet_w32, hrnet_w18, hrnet_w18s (W18-small-v2), hrnet_tiny (the demo's),
+             resnet101, resnet50, mobilenetv2
   heads      ocr  - `OCRHead`: style "hrnet" on HRNet ([HR]); style "openseg" with the soft object
                     regions from stage 3 (aux_channels 512) on ResNet ([OS]); on MobileNetV2 (the
                     phone model) with `shared_stem`: the FCN baseline's 1x1 stem and classifier
@@ -34,6 +35,7 @@ BACKBONES = {
     "hrnet_w32": ("hrnet", {"extra": "w32"}),
     "hrnet_w18": ("hrnet", {"extra": "w18"}),
     "hrnet_w18s": ("hrnet", {"extra": "w18s"}),
+    "hrnet_tiny": ("hrnet", {"extra": "tiny"}),  # the demo's CPU-sized HRNet (not an official one)
     "resnet101": ("resnet", {"depth": 101}),
     "resnet50": ("resnet", {"depth": 50}),
     "mobilenetv2": ("mobilenet", {}),

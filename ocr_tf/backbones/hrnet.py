@@ -45,6 +45,14 @@ HRNET_CONFIGS = {
     "w18": _hrnetv2(18),
     "w18s": _hrnetv2(18, blocks=2, stage1_blocks=2, modules=(1, 3, 2)),  # W18-small-v2
 }
+# Not official: the demo's CPU-sized HRNet (widths 16/32/64/128, one block and one module per
+# stage, a narrow stage 1), so `python -m ocr_tf.train` runs in minutes on 2 cores.
+HRNET_CONFIGS["tiny"] = {
+    "STAGE1": _stage(1, "BOTTLENECK", [1], [16]),
+    "STAGE2": _stage(1, "BASIC", [1, 1], [16, 32]),
+    "STAGE3": _stage(1, "BASIC", [1, 1, 1], [16, 32, 64]),
+    "STAGE4": _stage(1, "BASIC", [1, 1, 1, 1], [16, 32, 64, 128]),
+}
 
 BLOCK_EXPANSION = {"BASIC": 1, "BOTTLENECK": 4}
 _STAGE_KEYS = ("NUM_MODULES", "NUM_BRANCHES", "BLOCK", "NUM_BLOCKS", "NUM_CHANNELS")
