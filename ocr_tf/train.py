@@ -326,17 +326,44 @@ def run(cfg, log=print):
         with open(os.path.join(ckpt_dir, "best.json")) as f:
             summary["best"] = json.load(f)
     summary["checkpoint"] = best if os.path.exists(best) else os.path.join(ckpt_dir, "last.weights.h5")
+    # The whole network as one file, so predict / export / evaluate need no model flags.
+    final = float32_network(network, cfg)
+    summary["keras_model"] = save_keras_model(final, os.path.join(ckpt_dir, "best.keras"))
     if cfg.data.val:
         summary["eval"] = evaluate(network, cfg, info)
         summary["miou"] = summary["eval"]["miou"]
-    summary["exports"] = export(network, cfg, info, log)
+    summary["exports"] = export(final, cfg, info, log)
     summary["logs"] = {"tensorboard": log_dir, "csv": os.path.join(run_dir, "training_log.csv")}
     summary["total_seconds"] = time.time() - start
     return summary
 
 
+def float32_network(network, cfg):
+    """`network` itself, or under mixed precision a float32 copy: serving, TFLite and CPU
+    inference want float32 graphs."""
+    if not cfg.train.mixed_precision:
+        return network
+    import keras
+
+    from ocr_tf.models import build_model
+
+    keras.mixed_precision.set_global_policy("float32")
+    overrides = {k: v for k, v in cfg.model.overrides.items() if k != "weights"}
+    f32 = build_model(cfg.model.name, cfg.data.num_classes, **overrides)
+    f32.set_weights(network.get_weights())
+    return f32
+
+
+def save_keras_model(network, path):
+    """`network.save(path)` through a temporary file in the same folder, renamed when complete."""
+    tmp = f"{path[:-len('.keras')]}.tmp-{os.getpid()}.keras"
+    network.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def export(network, cfg, info, log=print):
-    """SavedModel (+ TFLite) into output.export_dir; returns {kind: path or reason}."""
+    """SavedModel (+ TFLite) of a float32 `network` into output.export_dir; returns {kind: path or reason}."""
     out = cfg.output
     if not out.export_dir:
         return {}
@@ -344,17 +371,6 @@ def export(network, cfg, info, log=print):
         from ocr_tf.export import export_saved_model, export_tflite
     except ImportError as e:
         return {"saved_model": f"not exported: ocr_tf.export is unavailable ({e})"}
-    if cfg.train.mixed_precision:
-        # Export a float32 copy: serving and TFLite want float32 graphs.
-        import keras
-
-        from ocr_tf.models import build_model
-
-        keras.mixed_precision.set_global_policy("float32")
-        overrides = {k: v for k, v in cfg.model.overrides.items() if k != "weights"}
-        f32 = build_model(cfg.model.name, cfg.data.num_classes, **overrides)
-        f32.set_weights(network.get_weights())
-        network = f32
     result = {}
     names = list(info.class_names)
     result["saved_model"] = export_saved_model(network, os.path.join(out.export_dir, "saved_model"), class_names=names)
@@ -402,6 +418,8 @@ def _print_summary(summary, cfg, log=print):
         log(f"Best checkpoint:    {os.path.abspath(summary['checkpoint'])}  (val mIoU {100 * b['val_miou']:.2f}% at step {b['step']})")
     else:
         log(f"Checkpoint:         {os.path.abspath(summary.get('checkpoint'))}")
+    if "keras_model" in summary:
+        log(f"Model (.keras):     {os.path.abspath(summary['keras_model'])}  (for evaluate / predict / export --weights)")
     log(f"Run folder:         {os.path.abspath(summary['run_dir'])}  (config.yaml, training_log.csv)")
     log(f"TensorBoard:        tensorboard --logdir {os.path.abspath(summary['logs']['tensorboard'])}")
     exports = summary.get("exports", {})

@@ -115,6 +115,20 @@ def test_default_command_pieces_on_a_tiny_budget(tmp_path, demo_cache, capsys):
     best = json.loads((ckpt / "best.json").read_text())
     assert best["step"] in (3, 6) and 0.0 <= best["val_miou"] <= 1.0
     assert (ckpt / "best.weights.h5").exists() and (ckpt / "last.weights.h5").exists()
+    # best.keras is the best network whole: it loads without model flags and equals the weights.
+    import keras
+    import numpy as np
+
+    from ocr_tf.config import load_config
+    from ocr_tf.models import build_model
+
+    whole = keras.saving.load_model(ckpt / "best.keras", compile=False)
+    cfg = load_config(str(run_dir / "config.yaml"))
+    net = build_model(cfg.model.name, cfg.data.num_classes, **cfg.model.overrides)
+    net.load_weights(ckpt / "best.weights.h5")
+    x = np.random.default_rng(0).normal(size=(1, 32, 48, 3)).astype("float32")
+    np.testing.assert_array_equal(whole(x, training=False)["logits"], net(x, training=False)["logits"])
+    assert "Model (.keras):" in out
     assert not (run_dir / "backup").exists()  # schedule complete: backup removed
     assert not glob.glob(str(run_dir / "**" / "*.tmp*"), recursive=True)  # atomic writes only
     rows = list(csv.DictReader(open(run_dir / "training_log.csv")))
