@@ -376,6 +376,8 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     overrides = _from_config(args) if args.config else {}
+    if args.weights and str(args.weights).endswith(".keras"):
+        overrides = {}  # a .keras file carries its own architecture; only --model-arg is an error
     if args.model_arg:
         from ocr_tf.export import _parse_overrides
 

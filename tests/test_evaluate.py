@@ -141,9 +141,13 @@ def test_model_evaluation_cli_and_written_predictions(tmp_path):
         expected_pred[frame] = pred
         expected_cm += confusion_matrix_np(label, pred, 19)
 
-    # --config supplies the dataset and the data; the .keras file is the model.
+    # --config (a training run's, with its model section) supplies the dataset and the data; the
+    # .keras file is the model, whatever the config's model overrides say.
     config = tmp_path / "eval.yaml"
-    config.write_text(f"data:\n  dataset: cityscapes\n  num_classes: 19\n  val: {tmp_path}/val-*.tfrecord\n")
+    config.write_text(
+        "model:\n  name: hrnet_w48_ocr\n  overrides: {mid_channels: 8, key_channels: 4}\n"
+        f"data:\n  dataset: cityscapes\n  num_classes: 19\n  val: {tmp_path}/val-*.tfrecord\n"
+    )
     out, written = tmp_path / "report", tmp_path / "written"
     evaluate.main([
         "--config", str(config), "--weights", str(tmp_path / "tiny.keras"), "--output", str(out),
