@@ -11,8 +11,9 @@ Drops the `model.` prefix of released files, skips `loss.*` (class weights) and 
 transposes conv kernels OIHW -> HWIO. Every missing, unexpected or mis-shaped tensor stops the
 conversion with the full list: a checkpoint never loads half-way. Writes `<model>.keras` and
 `<model>.weights.h5` atomically. `--verify REF.npz` runs the reference inputs (`input_N`, NCHW)
-through the converted model and compares with the reference outputs (`aux_N`, `out_N`) (the
-official PyTorch model source is not bundled, so verification uses saved reference outputs).
+through the converted model and compares with the reference outputs (`aux_N`, `out_N`);
+`--official-repo DIR` (a clone of the official repository, which is not bundled) runs a random
+image through the official PyTorch model with the same checkpoint and compares (ocr_tf/official.py).
 `--backbone-only` converts just the HRNet backbone (e.g. the ImageNet-pretrained
 `hrnetv2_w48_imagenet_pretrained.pth`, whose classification head is skipped) into
 `<backbone>_backbone.weights.h5`, which `build_model(..., weights=...)` loads.
@@ -227,6 +228,23 @@ def verify(model, reference):
     return errors
 
 
+def verify_official(model, args):
+    """--official-repo: the official PyTorch model with the same checkpoint vs `model` on a random
+    image; returns {"official_aux"/"official_out": rel err}."""
+    from ocr_tf.backbones.hrnet import HRNET_CONFIGS
+    from ocr_tf.official import compare_with_official, official_model
+
+    head = model.get_layer("head")
+    extra = _load_extra(args.extra) or HRNET_CONFIGS[args.model.split("_")[1]]
+    state = clean_state_dict(read_state_dict(args.checkpoint))
+    torch_model = official_model(
+        args.official_repo, state, extra, args.num_classes, head.mid_channels, head.key_channels,
+        args.align_corners == "true",
+    )
+    size = tuple(int(v) for v in args.verify_size.lower().split("x"))
+    return {f"official_{k}": v for k, v in compare_with_official(model, torch_model, size).items()}
+
+
 def _load_extra(text):
     """--extra: a JSON string, or a JSON/YAML file holding the stage config (or MODEL.EXTRA / extra)."""
     if text is None:
@@ -292,11 +310,18 @@ def main(argv=None):
                    help="bilinear resize mode of the checkpoint's training (official HRNet-OCR: true)")
     p.add_argument("--verify", metavar="REF.npz",
                    help="reference inputs/outputs (input_N, aux_N, out_N; NCHW) to compare against")
+    p.add_argument("--official-repo", metavar="DIR",
+                   help="a checkout of HRNet/HRNet-Semantic-Segmentation (branch HRNet-OCR): run a random "
+                   "image through its PyTorch model with the same checkpoint and compare (needs torch)")
+    p.add_argument("--verify-size", default="128x192", metavar="HxW",
+                   help="image size of the --official-repo comparison (default 128x192)")
     args = p.parse_args(argv)
     if args.num_classes is None and not args.backbone_only:
         p.error("--num-classes is required unless --backbone-only")
-    if args.verify and args.backbone_only:
-        p.error("--verify needs a whole model's outputs, not --backbone-only")
+    if (args.verify or args.official_repo) and args.backbone_only:
+        p.error("--verify / --official-repo need a whole model's outputs, not --backbone-only")
+    if args.official_repo and not (args.model.startswith("hrnet") and args.model.endswith("_ocr")):
+        p.error("--official-repo runs the official HRNet-OCR model: use it with an hrnet_*_ocr --model")
 
     overrides = {"align_corners": args.align_corners == "true"}
     if args.mid_channels:
@@ -315,8 +340,12 @@ def main(argv=None):
         return 1
     for path in paths:
         print(f"wrote {path}")
+    errors = {}
     if args.verify:
-        errors = verify(model, args.verify)
+        errors.update(verify(model, args.verify))
+    if args.official_repo:
+        errors.update(verify_official(model, args))
+    if errors:
         for key, err in errors.items():
             print(f"verify {key}: max|a-b|/max|b| = {err:.3g}")
         if max(errors.values()) >= VERIFY_TOLERANCE:
