@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from ocr_tf import models  # noqa: E402
-from ocr_tf.export import export_tflite, parse_input_size  # noqa: E402
+from ocr_tf.export import INT8_FLOAT_OPS, export_tflite, parse_input_size  # noqa: E402
 from ocr_tf.tflite_utils import TFLiteSegmenter, count_macs  # noqa: E402
 
 
@@ -73,6 +73,9 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--num-calibration", type=int, default=8)
+    parser.add_argument("--int8-float-ops", nargs="*", default=None, metavar="OP",
+                        help="TFLite ops int8 export keeps in float (default: export.INT8_FLOAT_OPS, "
+                        "BATCH_MATMUL); give the flag alone to quantize every op")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     size = parse_input_size(args.input_size)
@@ -85,8 +88,9 @@ def main(argv=None):
             model = models.build_model(name, args.num_classes, alpha=args.alpha)
             for quantize in args.quantize:
                 path = os.path.join(tmp, f"{name}_{quantize}.tflite")
+                float_ops = INT8_FLOAT_OPS if args.int8_float_ops is None else tuple(args.int8_float_ops)
                 export_tflite(model, path, input_size=size, quantize=quantize, calibration_data=calibration,
-                              num_calibration=args.num_calibration)
+                              num_calibration=args.num_calibration, float_ops=float_ops)
                 gmacs = sum(count_macs(path).values()) / 1e9
                 for threads in args.threads:
                     load_before = os.getloadavg()[0]
@@ -97,9 +101,10 @@ def main(argv=None):
                     print(f"{name} {quantize} threads={threads}: median {row['median_ms']:.1f} ms "
                           f"(min {row['min_ms']:.1f}), load {load_before:.2f}->{row['load_after']:.2f}", flush=True)
 
+    float_ops = INT8_FLOAT_OPS if args.int8_float_ops is None else tuple(args.int8_float_ops)
     print(f"\nLiteRT (XNNPACK), input {size[0]}x{size[1]}, alpha {args.alpha}, {args.num_classes} classes, "
-          f"{args.runs} runs after {args.warmup} warm-up; {cpu_name()}, "
-          f"{os.cpu_count()} logical CPUs\n")
+          f"{args.runs} runs after {args.warmup} warm-up; int8 keeps {list(float_ops) or 'no op'} in float; "
+          f"{cpu_name()}, {os.cpu_count()} logical CPUs\n")
     print("| model | weights/activations | threads | median ms | min ms | GMACs | .tflite MB | load avg before/after |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:

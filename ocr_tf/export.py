@@ -38,6 +38,13 @@ from ocr_tf.preprocessing import normalize_image
 from ocr_tf.tflite_utils import check_builtin_only
 
 QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8", "int8_full")
+# Ops that quantize="int8" (float fallback allowed) keeps in float32. BATCH_MATMUL of two int8
+# activations runs on XNNPACK only when the second operand's zero point is 0, which post-ReLU
+# activations never have (asymmetric, zero point -128); it then falls back to LiteRT's own int8
+# kernel, ~10x slower than XNNPACK's float one. With the phone OCR model's three matmuls (gather,
+# relation, context) in float, its int8 latency over the FCN model's drops from +22% to +6.5% at
+# 512x1024, 1 thread (BENCHMARKS.md, issue 7).
+INT8_FLOAT_OPS = ("BATCH_MATMUL",)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,6 +250,23 @@ def calibration_images(calibration_data, input_size, num_samples, num_classes):
                 return
 
 
+def _convert(converter, quantize, float_ops):
+    """converter.convert(), keeping `float_ops` (TFLite op names) in float32 for quantize="int8"
+    through TFLite's selective quantization (`tf.lite.experimental.QuantizationDebugger`'s
+    denylisted_ops: calibrate, then quantize every op but those)."""
+    if quantize != "int8" or not float_ops:
+        return converter.convert()
+    import warnings
+
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(float_ops))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice (the debugger's own)
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=converter.representative_dataset, debug_options=options
+        )
+        return debugger.get_nondebug_quantized_model()
+
+
 def _configure_quantization(converter, quantize, representative):
     if quantize == "none":
         return
@@ -282,15 +306,17 @@ def export_tflite(
     class_names=None,
     num_calibration=100,
     align_corners=True,
+    float_ops=INT8_FLOAT_OPS,
 ):
     """Convert `model` to a TFLite file at `out_path` (written atomically) and return the path.
 
     Input uint8 [1, H, W, 3] with (H, W) = `input_size`; outputs "labels" int32 [1, H, W] and
     "logits" [1, h, w, K]. `quantize`: none (float32), fp16 (float16 weights), dynamic (int8
-    weights), int8 (int8 weights and activations, calibrated, float fallback allowed), int8_full
-    (int8 only, fails if an op has no int8 kernel; int8 logits). int8 modes need
+    weights), int8 (int8 weights and activations, calibrated, float fallback allowed; `float_ops`
+    stay float), int8_full (int8 only, fails if an op has no int8 kernel; int8 logits). int8 modes need
     `calibration_data`: a glob of TFRecords or an iterable of uint8 images (resized to input_size).
-    `class_names` are written one per line to `labels_path(out_path)`.
+    `class_names` are written one per line to `labels_path(out_path)`. `float_ops`: TFLite op
+    names that quantize="int8" keeps in float32 (default `INT8_FLOAT_OPS`; () quantizes all).
     """
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}.")
@@ -325,7 +351,7 @@ def export_tflite(
         converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["serving_default"])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         _configure_quantization(converter, quantize, representative)
-        flatbuffer = converter.convert()
+        flatbuffer = _convert(converter, quantize, float_ops)
     check_builtin_only(flatbuffer)
 
     tmp = f"{out_path}.tmp-{os.getpid()}"

@@ -204,6 +204,38 @@ def test_quantization_modes(tmp_path):
     assert "DEQUANTIZE" in list_ops(str(tmp_path / "fp16.tflite"))
 
 
+def test_int8_keeps_the_matmuls_in_float(tmp_path):
+    """quantize="int8" keeps INT8_FLOAT_OPS (BATCH_MATMUL: XNNPACK runs int8 ones only when the
+    second operand's zero point is 0, never true after a ReLU) in float; float_ops=() does not."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = tiny_segmenter()
+    images = [np.random.default_rng(i).integers(0, 256, (20, 28, 3), dtype=np.uint8) for i in range(4)]
+
+    def operand_types(path):
+        with open(path, "rb") as f:
+            graph = schema.ModelT.InitFromPackedBuf(f.read(), 0).subgraphs[0]
+        names = list_ops(path)
+        types = {}
+        for op in graph.operators:
+            types.setdefault(names[op.opcodeIndex], set()).update(graph.tensors[i].type for i in op.inputs[:2])
+        return types
+
+    t = schema.TensorType
+    assert export.INT8_FLOAT_OPS == ("BATCH_MATMUL",)
+    default, all_int8 = str(tmp_path / "int8.tflite"), str(tmp_path / "all_int8.tflite")
+    export.export_tflite(model, default, input_size=(16, 24), quantize="int8", calibration_data=images)
+    export.export_tflite(model, all_int8, input_size=(16, 24), quantize="int8", calibration_data=images, float_ops=())
+    types = operand_types(default)
+    assert types["BATCH_MATMUL"] == {t.FLOAT32} and types["CONV_2D"] == {t.INT8}
+    assert {"QUANTIZE", "DEQUANTIZE"} <= set(types)
+    assert operand_types(all_int8)["BATCH_MATMUL"] == {t.INT8}
+    assert count_macs(default) == count_macs(all_int8)
+    for path in (default, all_int8):
+        out = TFLiteSegmenter(path)(images[0][:16, :24])
+        assert out["labels"].shape == (16, 24) and np.isfinite(out["logits"]).all()
+
+
 def test_export_tflite_refuses_bad_arguments(tmp_path):
     model = tiny_segmenter()
     out = str(tmp_path / "m.tflite")
