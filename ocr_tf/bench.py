@@ -19,9 +19,18 @@ OCR gets its soft object regions as an input, as it reuses that branch's output)
   once, so a shared machine's load changes hit all heads alike. `--clock cpu` times by the
   process's CPU time instead of the wall clock (with `--threads 1`: one core's compute time,
   which other processes' load hardly changes);
-* the machine's float32 matmul peak (best of a few n x n matmuls) and OCR's latency against
-  its roofline FLOPs / peak. For profiling, "stem" times the 3x3 2048->512 conv alone, which OCR
-  and every relational head share, and "stem_taps" the same conv as 9 shifted matmuls.
+* the machine's float32 matmul peak (best of a few n x n matmuls, each run both by TensorFlow's
+  own kernel, oneDNN's GEMM by default, and by XLA, whichever is faster: the peak does not depend
+  on `--compile`, but `TF_ENABLE_ONEDNN_OPTS=0` takes oneDNN's faster GEMM away) and OCR's
+  latency against its roofline FLOPs / peak;
+* `--compile`: how every module runs: `function` (a `tf.function` graph with TensorFlow's
+  kernels, oneDNN's by default on x86) or `xla` (`tf.function(jit_compile=True)`, XLA's CPU
+  code). On x86 CPUs TensorFlow's oneDNN Conv2D runs a 3x3 conv with 2048 input channels at
+  less than half the matmul peak and XLA's near it (BENCHMARKS.md, issue 8); Keras does not
+  pick XLA by itself on a CPU-only machine (`jit_compile="auto"` is off there).
+
+For profiling, "stem" times the 3x3 2048->512 conv alone, which OCR and every relational head
+share, and "stem_taps" the same conv as 9 shifted matmuls.
 """
 
 import argparse
@@ -150,16 +159,25 @@ def timed_call(fn, inputs):
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def matmul_peak_gflops(n, repeats=5):
-    """Best float32 n x n matmul throughput of this machine, GFLOP/s by the wall and CPU clocks."""
+def matmul_peak_gflops(n, repeats=5, detail=None):
+    """Best float32 n x n matmul throughput of this machine, GFLOP/s by the wall and CPU clocks:
+    the best of TensorFlow's own matmul kernel (oneDNN's GEMM on x86 by default) and XLA's, so
+    that the roofline is the fastest matmul this process can run whichever way the heads run.
+    `detail`, a dict, receives each way's figures."""
     import tensorflow as tf
 
     a = tf.random.normal((n, n))
     b = tf.random.normal((n, n))
-    matmul = tf.function(lambda x, y: tf.matmul(x, y))
-    timed_call(matmul, (a, b))  # trace
-    times = [timed_call(matmul, (a, b)) for _ in range(repeats)]
-    return {clock: 2 * n**3 / min(t[i] for t in times) / 1e9 for i, clock in enumerate(("wall", "cpu"))}
+    best = {"wall": 0.0, "cpu": 0.0}
+    for way, jit in (("function", False), ("xla", True)):
+        matmul = tf.function(lambda x, y: tf.matmul(x, y), jit_compile=jit)
+        timed_call(matmul, (a, b))  # trace (and compile)
+        times = [timed_call(matmul, (a, b)) for _ in range(repeats)]
+        gflops = {clock: 2 * n**3 / min(t[i] for t in times) / 1e9 for i, clock in enumerate(("wall", "cpu"))}
+        if detail is not None:
+            detail[way] = gflops
+        best = {clock: max(best[clock], gflops[clock]) for clock in best}
+    return best
 
 
 def n_weights(layers, trainable=True):
@@ -167,9 +185,10 @@ def n_weights(layers, trainable=True):
     return int(sum(int(np.prod(w.shape)) for w in weights))
 
 
-def build_module(name, features, region_logits, num_classes):
+def build_module(name, features, region_logits, num_classes, jit_compile=False):
     """(tf.function of the context module, its inputs, trainable parameters, bytes of all its
-    weights) for one head on NHWC `features`; OCR also takes the soft region logits."""
+    weights) for one head on NHWC `features`; OCR also takes the soft region logits.
+    `jit_compile=True` compiles the function with XLA."""
     import tensorflow as tf
 
     from ocr_tf.layers import OCRHead
@@ -211,7 +230,7 @@ def build_module(name, features, region_logits, num_classes):
             ]
             return tf.nn.relu(tf.add_n(taps))
 
-        fn = tf.function(module, autograph=False)
+        fn = tf.function(module, autograph=False, jit_compile=jit_compile)
         return fn, inputs, int(np.prod(kernel.shape)), 4 * int(np.prod(kernel.shape))
     elif name in CONTEXT_HEADS:
         head = CONTEXT_HEADS[name](num_classes)
@@ -222,10 +241,11 @@ def build_module(name, features, region_logits, num_classes):
 
         params = n_weights([head]) - n_weights([head.aux_head])
         weights = n_weights([head], trainable=False) - n_weights([head.aux_head], trainable=False)
-        return tf.function(module, autograph=False), inputs, params, 4 * weights
+        return tf.function(module, autograph=False, jit_compile=jit_compile), inputs, params, 4 * weights
     else:
         raise ValueError(f"Unknown head {name!r}; known: ocr, stem, {', '.join(CONTEXT_HEADS)}.")
-    return tf.function(module, autograph=False), inputs, n_weights(layers), 4 * n_weights(layers, trainable=False)
+    fn = tf.function(module, autograph=False, jit_compile=jit_compile)
+    return fn, inputs, n_weights(layers), 4 * n_weights(layers, trainable=False)
 
 
 def bench_heads(names, args):
@@ -238,7 +258,9 @@ def bench_heads(names, args):
     regions = tf.random.normal((1, args.size, args.size, args.num_classes))
     modules, results = {}, {}
     for name in tqdm(names, desc="build, count, warm up", file=sys.stderr):
-        fn, inputs, params, weight_bytes = build_module(name, features, regions, args.num_classes)
+        fn, inputs, params, weight_bytes = build_module(
+            name, features, regions, args.num_classes, jit_compile=args.compile == "xla"
+        )
         graph = fn.get_concrete_function(*[tf.TensorSpec(x.shape, x.dtype) for x in inputs]).graph
         flops, per_type = count_graph_flops(graph)
         executed, _ = count_graph_flops(graph, executed=True)
@@ -317,13 +339,15 @@ def run_context(args):
     import tensorflow as tf
 
     names = list(dict.fromkeys(["ocr", *args.heads]))  # OCR first: ratios are to OCR
-    peak = matmul_peak_gflops(args.matmul_size)
+    peak_by_way = {}
+    peak = matmul_peak_gflops(args.matmul_size, detail=peak_by_way)
     result = {
         "size": args.size,
         "channels": args.channels,
         "num_classes": args.num_classes,
         "threads": args.threads,
         "clock": args.clock,
+        "compile": args.compile,
         "warmup": args.warmup,
         "repeats": args.repeats,
         "machine": {
@@ -335,6 +359,7 @@ def run_context(args):
         },
         "matmul_size": args.matmul_size,
         "matmul_peak_gflops_by_clock": peak,
+        "matmul_gflops_by_way": peak_by_way,
         "matmul_peak_gflops": peak[args.clock],
     }
     result["heads"] = bench_heads(names, args)
@@ -355,7 +380,8 @@ def run_context(args):
 def print_report(result, stream=sys.stdout):
     print(
         f"Table 4 on this machine: input 1 x {result['size']} x {result['size']} x {result['channels']}, "
-        f"K = {result['num_classes']}, threads {result['threads'] or 'default'}; latency by the "
+        f"K = {result['num_classes']}, threads {result['threads'] or 'default'}, "
+        f"compiled as {result['compile']}; latency by the "
         f"{result['clock']} clock, median of {result['repeats']} rounds after {result['warmup']} warm-up",
         file=stream,
     )
@@ -363,7 +389,9 @@ def print_report(result, stream=sys.stdout):
     ocr = result["ocr"]
     print(
         f"\nmatmul peak (float32, {result['matmul_size']}^3, {result['clock']} clock): "
-        f"{result['matmul_peak_gflops']:.0f} GFLOP/s; "
+        f"{result['matmul_peak_gflops']:.0f} GFLOP/s (best of "
+        + ", ".join(f"{way} {g[result['clock']]:.0f}" for way, g in result["matmul_gflops_by_way"].items())
+        + "); "
         f"OCR: {result['heads']['ocr']['gflops']:.2f} GFLOPs from the graph, {ocr['analytic_gflops']:.2f} "
         f"analytic (match: {ocr['graph_matches_analytic']}); roofline {ocr['roofline_ms']:.1f} ms, "
         f"measured / roofline = {ocr['latency_over_roofline']:.2f}",
@@ -401,6 +429,14 @@ def parse_args(argv=None):
         default="wall",
         help="latency clock for ratios and goals: wall, or the process's CPU time, which a shared "
         "machine's other load does not inflate (use with --threads 1: with more threads it sums them)",
+    )
+    ctx.add_argument(
+        "--compile",
+        choices=("function", "xla"),
+        default="function",
+        help="how the modules run: function (tf.function graph, TensorFlow's kernels: oneDNN's on x86 "
+        "by default) or xla (tf.function(jit_compile=True); on x86 it runs the 3x3 2048->512 conv "
+        "about twice as fast as oneDNN, see BENCHMARKS.md)",
     )
     ctx.add_argument("--warmup", type=int, default=1, help="untimed calls per head before timing")
     ctx.add_argument("--repeats", type=int, default=5, help="timing rounds; the median is reported")

@@ -128,3 +128,31 @@ def test_bad_arguments_are_refused(capsys):
     assert "unknown heads ['fcn']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bench.parse_args(["context", "--size", "0"])
+
+
+def test_xla_compiled_module_computes_what_the_graph_computes():
+    features, regions = tf.random.normal((1, 6, 5, 24)), tf.random.normal((1, 6, 5, 3))
+    outputs = {}
+    for jit in (False, True):
+        keras.utils.set_random_seed(7)  # the same weights in both builds
+        fn, inputs, _, _ = bench.build_module("ocr", features, regions, num_classes=3, jit_compile=jit)
+        outputs[jit] = fn(*inputs).numpy()
+        if jit:  # really XLA: the function lowers to HLO with the stem's convolution in it
+            assert "convolution" in fn.experimental_get_compiler_ir(*inputs)(stage="hlo")
+    assert outputs[True].shape == (1, 6, 5, 3)
+    np.testing.assert_allclose(outputs[True], outputs[False], rtol=1e-4, atol=1e-4)
+
+
+def test_matmul_peak_is_the_best_of_tensorflow_and_xla():
+    detail = {}
+    peak = bench.matmul_peak_gflops(64, repeats=2, detail=detail)
+    assert set(detail) == {"function", "xla"}
+    for clock in ("wall", "cpu"):
+        assert peak[clock] == max(d[clock] for d in detail.values()) > 0
+
+
+def test_compile_flag():
+    assert bench.parse_args(["context"]).compile == "function"
+    assert bench.parse_args(["context", "--compile", "xla"]).compile == "xla"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["context", "--compile", "eager"])
