@@ -73,8 +73,9 @@ def ohem_cross_entropy(
     k = tf.maximum(tf.minimum(tf.cast(min_kept, tf.int32), num_valid - 1), 0)
     cut = tf.maximum(ranked[k], tf.cast(threshold, tf.float32))
     keep = tf.logical_and(valid, prob < cut)
-    kept = tf.boolean_mask(ce * weights, keep)
-    return tf.math.divide_no_nan(tf.reduce_sum(kept), tf.cast(tf.size(kept), tf.float32))
+    # A masked sum rather than boolean_mask: static shapes, so the loss also compiles under XLA.
+    kept_sum = tf.reduce_sum(tf.where(keep, ce * weights, 0.0))
+    return tf.math.divide_no_nan(kept_sum, tf.reduce_sum(tf.cast(keep, tf.float32)))
 
 
 class SegmentationLoss:

@@ -152,3 +152,11 @@ def test_gradient_matches_reference_direction(batch):
 def test_bad_class_weights_length():
     with pytest.raises(ValueError, match="class_weights has 3 entries for 5 classes"):
         SegmentationLoss(K, class_weights=[1, 2, 3])
+
+
+def test_ohem_compiles_under_xla_and_equals_eager(batch):
+    # Keras compiles train steps with XLA on GPUs: the OHEM selection must keep static shapes.
+    labels, logits = batch
+    eager = ohem_cross_entropy(labels, logits, threshold=0.7, min_kept=40)
+    compiled = tf.function(lambda l, x: ohem_cross_entropy(l, x, threshold=0.7, min_kept=40), jit_compile=True)
+    np.testing.assert_allclose(float(compiled(labels, logits)), float(eager), rtol=1e-6)
