@@ -26,7 +26,7 @@ import inspect
 import keras
 
 from ocr_tf.backbones import hrnet_backbone, load_backbone_weights, mobilenet_backbone, resnet_backbone
-from ocr_tf.layers.common import ConvBN
+from ocr_tf.layers.common import ConvBN, head_output_shapes
 from ocr_tf.layers.ocr import OCRHead
 
 # backbone name -> (family, fixed builder arguments)
@@ -137,11 +137,7 @@ class FCNHead(keras.layers.Layer):
         return {"logits": logits, "aux_logits": aux}
 
     def compute_output_shape(self, features_shape, aux_features_shape=None):
-        aux_shape = features_shape if aux_features_shape is None else aux_features_shape
-        return {
-            "logits": (*features_shape[:3], self.num_classes),
-            "aux_logits": (*aux_shape[:3], self.num_classes),
-        }
+        return head_output_shapes(self.num_classes, features_shape, aux_features_shape)
 
     def get_config(self):
         config = super().get_config()

@@ -31,15 +31,13 @@ def _block_of(layer_name):
 
 def _dilation_plan(output_stride):
     """{block index: (strides, dilation)} for each depthwise conv; OS 32 is the plain network."""
-    plan, stride, rate = {}, 2, 1  # after Conv1
+    plan, rate = {}, 1
     for block in range(17):
-        target = STRIDED_BLOCKS.get(f"block_{block}")
+        target = STRIDED_BLOCKS.get(f"block_{block}")  # the stride this block reaches, if it strides
         if target is not None and target > output_stride:
-            plan[block] = (1, rate)
+            plan[block] = (1, rate)  # past the output stride: keep the size, dilate what follows
             rate *= 2
         else:
-            if target is not None:
-                stride = target
             plan[block] = (2 if target is not None else 1, rate)
     return plan
 

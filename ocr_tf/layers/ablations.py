@@ -31,7 +31,7 @@ Coarse-to-fine baselines of Table 6, on the same stage 3 / stage 4 inputs:
 import keras
 import tensorflow as tf
 
-from ocr_tf.layers.common import ConvBN, resize_bilinear
+from ocr_tf.layers.common import ConvBN, head_output_shapes, resize_bilinear
 from ocr_tf.layers.context import AuxFCN, ContextHead
 from ocr_tf.layers.ocr import SpatialGather
 from ocr_tf.preprocessing import IGNORE_LABEL
@@ -293,11 +293,7 @@ class AblationOCRHead(keras.layers.Layer):
         return {"logits": self.cls_head(x), "aux_logits": aux_logits}
 
     def compute_output_shape(self, features_shape, aux_features_shape=None, labels_shape=None):
-        aux_shape = features_shape if aux_features_shape is None else aux_features_shape
-        return {
-            "logits": (*features_shape[:3], self.num_classes),
-            "aux_logits": (*aux_shape[:3], self.num_classes),
-        }
+        return head_output_shapes(self.num_classes, features_shape, aux_features_shape)
 
     def get_config(self):
         config = super().get_config()

@@ -160,3 +160,13 @@ class ResizeTo(keras.layers.Layer):
         config = super().get_config()
         config.update(align_corners=self.align_corners)
         return config
+
+
+def head_output_shapes(num_classes, features_shape, aux_features_shape=None):
+    """Output shapes of every segmentation head: {"logits", "aux_logits"}, each (B, h, w, K) at
+    the resolution of the features they come from (aux from `aux_features` when given)."""
+    aux_shape = features_shape if aux_features_shape is None else aux_features_shape
+    return {
+        "logits": (*features_shape[:3], num_classes),
+        "aux_logits": (*aux_shape[:3], num_classes),
+    }

@@ -31,7 +31,7 @@ parameter counts. `python -m ocr_tf.bench context` measures all of it.
 import keras
 import tensorflow as tf
 
-from ocr_tf.layers.common import ConvBN, resize_bilinear
+from ocr_tf.layers.common import ConvBN, head_output_shapes, resize_bilinear
 from ocr_tf.layers.ocr import SpatialOCR
 
 # Table 4's setting: a 1 x 2048 x 128 x 128 input, K = 19; OCR with the paper's widths.
@@ -162,11 +162,7 @@ class ContextHead(keras.layers.Layer):
         return {"logits": logits, "aux_logits": aux_logits}
 
     def compute_output_shape(self, features_shape, aux_features_shape=None):
-        aux_shape = features_shape if aux_features_shape is None else aux_features_shape
-        return {
-            "logits": (*features_shape[:3], self.num_classes),
-            "aux_logits": (*aux_shape[:3], self.num_classes),
-        }
+        return head_output_shapes(self.num_classes, features_shape, aux_features_shape)
 
     def get_config(self):
         config = super().get_config()

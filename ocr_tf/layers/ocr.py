@@ -13,7 +13,7 @@ All tensors are channels last (NHWC). Softmaxes and logits run in float32 under 
 import keras
 import tensorflow as tf
 
-from ocr_tf.layers.common import ConvBN, resize_bilinear
+from ocr_tf.layers.common import ConvBN, head_output_shapes, resize_bilinear
 
 
 def _check_rank(name, shape, rank, what):
@@ -369,11 +369,7 @@ class OCRHead(keras.layers.Layer):
         return {"logits": logits, "aux_logits": aux_logits}
 
     def compute_output_shape(self, features_shape, aux_features_shape=None):
-        aux_shape = features_shape if aux_features_shape is None else aux_features_shape
-        return {
-            "logits": (*features_shape[:3], self.num_classes),
-            "aux_logits": (*aux_shape[:3], self.num_classes),
-        }
+        return head_output_shapes(self.num_classes, features_shape, aux_features_shape)
 
     def get_config(self):
         config = super().get_config()
