@@ -455,10 +455,9 @@ class DoubleAttentionHead(RelationalHead):
         return config
 
 
-@keras.saving.register_keras_serializable(package="ocr_tf")
-class PositionAttention(keras.layers.Layer):
-    """DANet's position attention module: out = gamma * V softmax_j(q_i^T k_j) + x, with q, k
-    conv1x1 to `key_channels`, V conv1x1 to C, gamma a scalar starting at 0."""
+class _QueryKeyValueAttention(keras.layers.Layer):
+    """Shared weights of the pixel-to-pixel attentions: q, k conv1x1 to `key_channels`, V conv1x1
+    to the input width C, and a residual scale gamma starting at 0. Subclasses define `call`."""
 
     def __init__(self, key_channels, **kwargs):
         super().__init__(**kwargs)
@@ -475,6 +474,17 @@ class PositionAttention(keras.layers.Layer):
         self.gamma = self.add_weight(name="gamma", shape=(), initializer="zeros")
         self.built = True
 
+    def get_config(self):
+        config = super().get_config()
+        config.update(key_channels=self.key_channels)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="ocr_tf")
+class PositionAttention(_QueryKeyValueAttention):
+    """DANet's position attention module: out = gamma * V softmax_j(q_i^T k_j) + x, with q, k
+    conv1x1 to `key_channels`, V conv1x1 to C, gamma a scalar starting at 0."""
+
     def call(self, x):
         shape = tf.shape(x)
         batch, channels = shape[0], shape[3]
@@ -484,11 +494,6 @@ class PositionAttention(keras.layers.Layer):
         attention = tf.nn.softmax(tf.einsum("bic,bjc->bij", q, k), axis=-1)
         out = tf.einsum("bij,bjc->bic", tf.cast(attention, v.dtype), v)
         return tf.cast(self.gamma, x.dtype) * tf.reshape(out, shape) + x
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(key_channels=self.key_channels)
-        return config
 
 
 @keras.saving.register_keras_serializable(package="ocr_tf")
@@ -542,24 +547,9 @@ class DANetHead(RelationalHead):
 
 
 @keras.saving.register_keras_serializable(package="ocr_tf")
-class CrissCrossAttention(keras.layers.Layer):
+class CrissCrossAttention(_QueryKeyValueAttention):
     """CCNet's criss-cross attention: each pixel attends to the pixels of its row and column (its
     own position once), out = gamma * sum a_ij V_j + x; q, k conv1x1 to `key_channels`, V to C."""
-
-    def __init__(self, key_channels, **kwargs):
-        super().__init__(**kwargs)
-        self.key_channels = int(key_channels)
-        self.query = keras.layers.Conv2D(self.key_channels, 1, name="query")
-        self.key = keras.layers.Conv2D(self.key_channels, 1, name="key")
-        self.value = None
-
-    def build(self, input_shape):
-        _check_features(self.name, input_shape)
-        self.value = keras.layers.Conv2D(input_shape[-1], 1, name="value")
-        for layer in (self.query, self.key, self.value):
-            layer.build(input_shape)
-        self.gamma = self.add_weight(name="gamma", shape=(), initializer="zeros")
-        self.built = True
 
     def call(self, x):
         h = tf.shape(x)[1]
@@ -574,11 +564,6 @@ class CrissCrossAttention(keras.layers.Layer):
         a_column, a_row = attention[..., :h], attention[..., h:]
         out = tf.einsum("bijh,bhjc->bijc", a_column, v) + tf.einsum("bijw,biwc->bijc", a_row, v)
         return tf.cast(self.gamma * out, x.dtype) + x
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(key_channels=self.key_channels)
-        return config
 
 
 @keras.saving.register_keras_serializable(package="ocr_tf")

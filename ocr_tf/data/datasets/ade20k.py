@@ -8,7 +8,7 @@ Splits are named train and val.
 
 import os
 
-from ocr_tf.data.datasets.base import IGNORE_LABEL, DatasetInfo, list_images, voc_palette
+from ocr_tf.data.datasets.base import IGNORE_LABEL, DatasetInfo, pair_by_stem, voc_palette
 
 CLASS_NAMES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
@@ -44,11 +44,4 @@ def find_pairs(root, split):
     if split not in _FOLDERS:
         raise ValueError(f"ade20k: split must be one of {sorted(_FOLDERS)}, got {split!r}")
     sub = _FOLDERS[split]
-    pairs = []
-    for image in list_images(os.path.join(root, "images", sub)):
-        stem = os.path.splitext(os.path.basename(image))[0]
-        label = os.path.join(root, "annotations", sub, stem + ".png")
-        if not os.path.exists(label):
-            raise FileNotFoundError(f"ade20k: no annotation {label} for image {image}")
-        pairs.append((stem, image, label))
-    return pairs
+    return pair_by_stem("ade20k", os.path.join(root, "images", sub), os.path.join(root, "annotations", sub))

@@ -94,6 +94,19 @@ def list_images(folder):
                   if n.lower().endswith(IMAGE_EXTENSIONS))
 
 
+def pair_by_stem(dataset, image_dir, label_dir, what="annotation"):
+    """[(stem, image path, label path)] for every image of `image_dir`, its label being
+    `label_dir/<stem>.png`; a missing label is an error naming both files."""
+    pairs = []
+    for image in list_images(image_dir):
+        stem = os.path.splitext(os.path.basename(image))[0]
+        label = os.path.join(label_dir, stem + ".png")
+        if not os.path.exists(label):
+            raise FileNotFoundError(f"{dataset}: no {what} {label} for image {image}")
+        pairs.append((stem, image, label))
+    return pairs
+
+
 def require_dir(path, what):
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{what}: folder {path} not found")

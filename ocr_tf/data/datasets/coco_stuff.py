@@ -10,7 +10,7 @@ Splits are named train and val.
 
 import os
 
-from ocr_tf.data.datasets.base import IGNORE_LABEL, DatasetInfo, list_images, voc_palette
+from ocr_tf.data.datasets.base import IGNORE_LABEL, DatasetInfo, pair_by_stem, voc_palette
 
 CLASS_NAMES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -51,11 +51,4 @@ def find_pairs(root, split):
     if split not in SPLITS:
         raise ValueError(f"coco_stuff: split must be one of {SPLITS}, got {split!r}")
     sub = f"{split}2017"
-    pairs = []
-    for image in list_images(os.path.join(root, "images", sub)):
-        stem = os.path.splitext(os.path.basename(image))[0]
-        label = os.path.join(root, "annotations", sub, stem + ".png")
-        if not os.path.exists(label):
-            raise FileNotFoundError(f"coco_stuff: no annotation {label} for image {image}")
-        pairs.append((stem, image, label))
-    return pairs
+    return pair_by_stem("coco_stuff", os.path.join(root, "images", sub), os.path.join(root, "annotations", sub))

@@ -11,7 +11,7 @@ listed in a remap file are kept as they are.
 
 import os
 
-from ocr_tf.data.datasets.base import IGNORE_LABEL, DatasetInfo, list_images
+from ocr_tf.data.datasets.base import IGNORE_LABEL, DatasetInfo, pair_by_stem
 
 SPLITS = ("train", "val")
 
@@ -57,13 +57,7 @@ def find_pairs(root, split):
         if split != "train" or not os.path.isdir(os.path.join(root, "images")):
             raise FileNotFoundError(f"folder: {image_dir} not found")
         image_dir, mask_dir = os.path.join(root, "images"), os.path.join(root, "masks")
-    pairs = []
-    for image in list_images(image_dir):
-        stem = os.path.splitext(os.path.basename(image))[0]
-        label = os.path.join(mask_dir, stem + ".png")
-        if not os.path.exists(label):
-            raise FileNotFoundError(f"folder: no mask {label} for image {image}")
-        pairs.append((stem, image, label))
+    pairs = pair_by_stem("folder", image_dir, mask_dir, what="mask")
     if not pairs:
         raise FileNotFoundError(f"folder: no images in {image_dir}")
     return pairs

@@ -8,7 +8,7 @@ A horizontal flip swaps the left/right parts (arm, leg, shoe): `INFO.flip_pairs`
 
 import os
 
-from ocr_tf.data.datasets.base import IGNORE_LABEL, DatasetInfo, list_images, voc_palette
+from ocr_tf.data.datasets.base import IGNORE_LABEL, DatasetInfo, pair_by_stem, voc_palette
 
 CLASS_NAMES = (
     "background", "hat", "hair", "glove", "sunglasses", "upper-clothes", "dress", "coat", "socks",
@@ -28,11 +28,4 @@ def find_pairs(root, split):
         raise ValueError(f"lip: split must be one of {SPLITS}, got {split!r}")
     image_dir = os.path.join(root, "TrainVal_images", f"{split}_images")
     label_dir = os.path.join(root, "TrainVal_parsing_annotations", f"{split}_segmentations")
-    pairs = []
-    for image in list_images(image_dir):
-        stem = os.path.splitext(os.path.basename(image))[0]
-        label = os.path.join(label_dir, stem + ".png")
-        if not os.path.exists(label):
-            raise FileNotFoundError(f"lip: no annotation {label} for image {image}")
-        pairs.append((stem, image, label))
-    return pairs
+    return pair_by_stem("lip", image_dir, label_dir)
