@@ -177,6 +177,19 @@ def predict_logits(
     return total[0] if single else total
 
 
+def compiled_runner(network):
+    """`network(x, training=False)` as a `tf.function` that retraces only on new ranks/dtypes."""
+    return tf.function(lambda x: network(x, training=False), reduce_retracing=True)
+
+
+def logits_to_labels(logits, size, align_corners):
+    """The one "resize, then argmax": logits (B, h, w, K) -> int32 labels (B, H, W) at `size`
+    (bilinear, `align_corners` as the model was trained; `tf.math.argmax`, which unlike
+    `keras.ops.argmax` quantizes in TFLite)."""
+    logits = resize_bilinear(tf.cast(logits, tf.float32), size, align_corners)
+    return tf.math.argmax(logits, axis=-1, output_type=tf.int32)
+
+
 def predict_labels(model, image, **kwargs):
     """argmax of `predict_logits` as int32 labels (B, H, W) or (H, W)."""
     return tf.math.argmax(predict_logits(model, image, **kwargs), axis=-1, output_type=tf.int32)

@@ -316,7 +316,9 @@ class AblationOCRHead(keras.layers.Layer):
 # Coarse-to-fine baselines (Table 6)
 
 
-@keras.saving.register_keras_serializable(package="ocr_tf")
+# Registered under its own name: models.FCNHead is "ocr_tf>FCNHead", and two classes under one
+# name silently replace each other in Keras' registry.
+@keras.saving.register_keras_serializable(package="ocr_tf", name="AblationFCNHead")
 class FCNHead(ContextHead):
     """The dilated-ResNet baseline: conv3x3 C->mid-BN-ReLU-Dropout2d-classifier on stage 4 ("fine
     only" = logits); the aux branch on stage 3 is the "coarse only" prediction (aux_logits)."""
