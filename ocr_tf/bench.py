@@ -397,8 +397,11 @@ def print_report(result, stream=sys.stdout):
         f"measured / roofline = {ocr['latency_over_roofline']:.2f}",
         file=stream,
     )
-    for goal, ok in result["goals"].items():
-        print(f"goal {goal}: {'yes' if ok else 'NO'}", file=stream)
+    if result["goals"]:
+        # Measurements against the paper's figures, not pass/fail checks of this run.
+        print("\ncompared with the paper (Table 4):", file=stream)
+        for goal, ok in result["goals"].items():
+            print(f"  {goal.replace('_', ' ')}: {'met' if ok else 'not met on this machine'}", file=stream)
 
 
 def write_atomic(path, text):

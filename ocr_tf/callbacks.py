@@ -172,8 +172,9 @@ class TensorBoardExtras(keras.callbacks.Callback):
 
     `images`, `labels`: a few validation examples (NumPy, normalised images)."""
 
-    def __init__(self, log_dir, network, images, labels, palette, ignore_label=255):
+    def __init__(self, log_dir, network, images, labels, palette, ignore_label=255, align_corners=True):
         super().__init__()
+        self.align_corners = align_corners
         self.network = network
         self.images = images
         self.labels = labels
@@ -187,11 +188,10 @@ class TensorBoardExtras(keras.callbacks.Callback):
         with self.writer.as_default():
             tf.summary.scalar("learning_rate", lr, step=step)
             if self.images is not None and len(self.images):
-                logits = self.network(self.images, training=False)["logits"]
-                from ocr_tf.layers.common import resize_bilinear
+                from ocr_tf.inference import logits_to_labels
 
-                logits = resize_bilinear(tf.cast(logits, tf.float32), self.labels.shape[1:3], True)
-                pred = tf.argmax(logits, axis=-1).numpy()
+                logits = self.network(self.images, training=False)["logits"]
+                pred = logits_to_labels(logits, self.labels.shape[1:3], self.align_corners).numpy()
                 pics = np.stack(
                     [overlay(i, t, p, self.palette, self.ignore_label) for i, t, p in zip(self.images, self.labels, pred)]
                 )

@@ -15,8 +15,10 @@ from typing import Any, Optional
 
 import yaml
 
+from ocr_tf.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config file or override that does not match the schema."""
 
 
@@ -66,7 +68,7 @@ class TrainConfig:
     warmup_steps: int = 0
     warmup_factor: float = 0.1  # LR at step 0 of the warmup, as a fraction of `lr`
     head_lr_multiplier: float = 1.0
-    head_keywords: list = field(default_factory=lambda: ["cls", "aux", "ocr"])
+    head_layers: list = field(default_factory=lambda: ["head"])  # layers whose variables get head_lr_multiplier
     mixed_precision: Optional[str] = None  # None | float16 | bfloat16
     strategy: str = "auto"  # auto | default | mirrored | multi_worker | tpu
     tpu: Optional[str] = None  # TPU address / name for strategy=tpu

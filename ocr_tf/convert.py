@@ -29,6 +29,7 @@ import tempfile
 import numpy as np
 
 from ocr_tf.backbones.hrnet import torch_bn_name, torch_conv_name
+from ocr_tf.errors import UserError
 
 # Relative error allowed by `--verify` (max |a - b| / max |b|).
 VERIFY_TOLERANCE = 1e-4
@@ -37,7 +38,7 @@ BACKBONE_ROOTS = ("conv1", "bn1", "conv2", "bn2", "layer1", "transition1", "tran
                   "stage2", "stage3", "stage4")
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(UserError):
     """The checkpoint does not fit the model; `.missing`, `.unexpected`, `.mismatched` list why."""
 
     def __init__(self, source, missing, unexpected, mismatched):

@@ -16,15 +16,23 @@ TFLite (`export_tflite`): fixed input uint8 [1, H, W, 3] -> labels int32 [1, H, 
 [1, h, w, K] at feature resolution; TFLite builtin ops only (checked from the flatbuffer); the
 quantization names are tf-models': none | fp16 | dynamic | int8 | int8_full.
 
-CLI: `python -m ocr_tf.export --help`.
+A Segmenter (`ocr_tf.Segmenter`) exports with its own normalisation, align_corners and class
+names; its metadata (class names, palette, normalisation, provenance) goes to
+`assets.extra/segmenter.json` beside `labels.txt`, which `python -m ocr_tf.predict` reads.
+
+CLI: `python -m ocr_tf.export --help` (`ocr_tf.cli.export`).
 """
 
-import argparse
+if __name__ == "__main__":  # `python -m ocr_tf.export`: parse arguments before TensorFlow loads
+    from ocr_tf.cli.export import main
+
+    raise SystemExit(main())
+
 import glob
 import os
+import json
 import re
 import shutil
-import sys
 import tempfile
 
 import keras
@@ -33,6 +41,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from ocr_tf.data import records
+from ocr_tf.errors import MissingFileError, UserError
 from ocr_tf.layers.common import resize_bilinear
 from ocr_tf.preprocessing import normalize_image
 from ocr_tf.tflite_utils import check_builtin_only
@@ -51,12 +60,21 @@ INT8_FLOAT_OPS = ("BATCH_MATMUL",)
 # The inference graph shared by both exports
 
 
-def make_inference_fn(model, *, align_corners=True, with_probabilities=False, with_logits=False):
+def _align_corners(model, align_corners):
+    """The caller's choice, else the Segmenter's own, else True ([HR])."""
+    return bool(getattr(model, "align_corners", True)) if align_corners is None else bool(align_corners)
+
+
+def make_inference_fn(model, *, align_corners=None, with_probabilities=False, with_logits=False):
     """uint8 images [B, H, W, 3] -> {"labels": int32 [B, H, W], optional "probabilities"
-    float32 [B, H, W, K] at the input size, optional "logits" at feature resolution}."""
+    float32 [B, H, W, K] at the input size, optional "logits" at feature resolution}.
+
+    A Segmenter normalises with its own mean/std and resizes with its own align_corners."""
+    align_corners = _align_corners(model, align_corners)
+    normalize = getattr(model, "normalize", normalize_image)
 
     def infer(images):
-        logits = model(normalize_image(images), training=False)["logits"]
+        logits = model(normalize(images), training=False)["logits"]
         logits = tf.cast(logits, tf.float32)
         upsampled = resize_bilinear(logits, tf.shape(images)[1:3], align_corners)
         outputs = {"labels": tf.math.argmax(upsampled, axis=-1, output_type=tf.int32)}
@@ -111,12 +129,12 @@ def _check_class_names(model, class_names):
         return None
     class_names = [str(name) for name in class_names]
     if len(class_names) != _num_classes(model):
-        raise ValueError(
+        raise UserError(
             f"class_names has {len(class_names)} names but the model has {_num_classes(model)} classes."
         )
     bad = [name for name in class_names if "\n" in name]
     if bad:
-        raise ValueError(f"class names must not contain newlines: {bad}")
+        raise UserError(f"class names must not contain newlines: {bad}")
     return class_names
 
 
@@ -143,7 +161,7 @@ def export_saved_model(
     *,
     version=None,
     with_probabilities=False,
-    align_corners=True,
+    align_corners=None,
     class_names=None,
 ):
     """Write `model` as a TF Serving SavedModel to `<export_dir>/<version>/` and return that path.
@@ -151,18 +169,19 @@ def export_saved_model(
     `version` defaults to one more than the largest numeric version already there (1 if none).
     The model is written to a hidden temporary directory beside the version directory and renamed
     when complete; on failure the temporary directory is removed. `class_names` (optional) go to
-    `assets.extra/labels.txt` (TF Serving ignores assets.extra).
+    `assets.extra/labels.txt` (TF Serving ignores assets.extra); default: a Segmenter's own, whose
+    metadata also goes to `assets.extra/segmenter.json`.
     """
-    class_names = _check_class_names(model, class_names)
+    class_names = _check_class_names(model, class_names or getattr(model, "class_names", None))
     os.makedirs(export_dir, exist_ok=True)
     if version is None:
         version = _next_version(export_dir)
     version = int(version)
     if version < 0:
-        raise ValueError(f"version must be a non-negative integer, got {version}.")
+        raise UserError(f"version must be a non-negative integer, got {version}.")
     final = os.path.join(export_dir, str(version))
     if os.path.exists(final):
-        raise FileExistsError(f"{final} already exists; TF Serving versions are immutable, pick another.")
+        raise UserError(f"{final} already exists; TF Serving versions are immutable: pick another --version or omit it for the next one.")
 
     infer = make_inference_fn(model, align_corners=align_corners, with_probabilities=with_probabilities)
     archive = keras.export.ExportArchive()
@@ -200,6 +219,10 @@ def export_saved_model(
         if class_names is not None:
             os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
             _write_labels(os.path.join(tmp, "assets.extra", "labels.txt"), class_names)
+        if hasattr(model, "metadata"):
+            meta = {**model.metadata(), "class_names": class_names}
+            with open(os.path.join(tmp, "assets.extra", "segmenter.json"), "w", encoding="utf-8") as f:
+                json.dump(meta, f, indent=1)
         os.rename(tmp, final)  # fails rather than merging if another export took this version
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -214,7 +237,7 @@ def export_saved_model(
 def _resize_uint8(image, input_size):
     image = tf.convert_to_tensor(image)
     if image.dtype != tf.uint8 or image.shape.rank != 3 or image.shape[-1] != 3:
-        raise ValueError(f"calibration images must be uint8 (H, W, 3), got {image.dtype.name} {image.shape}.")
+        raise UserError(f"calibration images must be uint8 (H, W, 3), got {image.dtype.name} {image.shape}.")
     if tuple(image.shape[:2]) != tuple(input_size):
         image = tf.image.resize(image, input_size, method="bilinear")
         image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
@@ -232,7 +255,7 @@ def calibration_images(calibration_data, input_size, num_samples, num_classes):
         return
     files = sorted(glob.glob(str(calibration_data)))
     if not files:
-        raise FileNotFoundError(f"No TFRecord files match the calibration glob {calibration_data!r}.")
+        raise MissingFileError(f"no TFRecord files match the calibration glob {calibration_data!r}.")
     # Round-robin over the shards: the first records of one shard are often one city / scene.
     readers = [(path, enumerate(tf.data.TFRecordDataset(path))) for path in files]
     count = 0
@@ -286,7 +309,7 @@ def parse_input_size(text):
     """'512x1024' -> (512, 1024) (height x width)."""
     match = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", str(text))
     if not match or min(int(match[1]), int(match[2])) < 1:
-        raise ValueError(f"input size must look like HEIGHTxWIDTH, e.g. 512x1024; got {text!r}.")
+        raise UserError(f"input size must look like HEIGHTxWIDTH, e.g. 512x1024; got {text!r}.")
     return int(match[1]), int(match[2])
 
 
@@ -305,7 +328,7 @@ def export_tflite(
     calibration_data=None,
     class_names=None,
     num_calibration=100,
-    align_corners=True,
+    align_corners=None,
     float_ops=INT8_FLOAT_OPS,
 ):
     """Convert `model` to a TFLite file at `out_path` (written atomically) and return the path.
@@ -319,22 +342,24 @@ def export_tflite(
     names that quantize="int8" keeps in float32 (default `INT8_FLOAT_OPS`; () quantizes all).
     """
     if quantize not in QUANTIZE_MODES:
-        raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}.")
+        raise UserError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}.")
     if quantize.startswith("int8") and calibration_data is None:
-        raise ValueError(f"quantize={quantize!r} needs calibration_data (a TFRecord glob or uint8 images).")
+        raise UserError(f"quantize={quantize!r} needs calibration_data (a TFRecord glob or uint8 images).")
     input_size = parse_input_size(input_size) if isinstance(input_size, str) else tuple(int(s) for s in input_size)
-    class_names = _check_class_names(model, class_names)
+    class_names = _check_class_names(model, class_names or getattr(model, "class_names", None))
     height, width = input_size
 
     def representative():
         count = 0
         images = calibration_images(calibration_data, input_size, num_calibration, _num_classes(model))
-        total = min(num_calibration, len(calibration_data)) if hasattr(calibration_data, "__len__") else None
+        # A glob gives up to num_calibration images (fewer if the records run out).
+        sized = hasattr(calibration_data, "__len__") and not isinstance(calibration_data, (str, os.PathLike))
+        total = min(num_calibration, len(calibration_data)) if sized else num_calibration
         for image in tqdm(images, desc="int8 calibration", total=total, unit="image"):
             count += 1
             yield [image[None]]
         if count == 0:
-            raise ValueError("calibration_data yielded no images.")
+            raise UserError("the calibration data yielded no images.")
 
     infer = make_inference_fn(model, align_corners=align_corners, with_logits=True)
     archive = keras.export.ExportArchive()
@@ -366,106 +391,3 @@ def export_tflite(
     if class_names is not None:
         _write_labels(labels_path(out_path), class_names)
     return str(out_path)
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI
-
-
-def _parse_overrides(items):
-    import yaml  # YAML scalars: "alpha=0.35" -> 0.35, "output_stride=8" -> 8
-
-    overrides = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--model-arg expects KEY=VALUE, got {item!r}.")
-        overrides[key] = yaml.safe_load(value)
-    return overrides
-
-
-def load_model(weights, model_name=None, num_classes=None, overrides=None):
-    """A `.keras` file loads as is; any other weights file (`.weights.h5`, checkpoint) is loaded into
-    `ocr_tf.models.build_model(model_name, num_classes, **overrides)`."""
-    from ocr_tf import models  # registers the model's layers for deserialisation
-
-    if weights and str(weights).endswith(".keras"):
-        if overrides:
-            raise ValueError(f"--model-arg {overrides} cannot change a .keras model ({weights}).")
-        return keras.saving.load_model(weights, compile=False)
-    if model_name is None or num_classes is None:
-        raise ValueError("--model and the number of classes are needed unless --weights is a .keras file.")
-    model = models.build_model(model_name, num_classes, **(overrides or {}))
-    if weights:
-        model.load_weights(weights)
-    return model
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m ocr_tf.export",
-        description="Export a segmenter as a TF Serving SavedModel or a TFLite model (preprocessing, "
-        "resize to the input size and argmax inside).",
-    )
-    parser.add_argument("--weights", help="a .keras model, or a weights file for --model (random weights if omitted)")
-    parser.add_argument("--model", help="registered model name, e.g. mobilenetv2_ocr (needed unless --weights is .keras)")
-    parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="build_model override, e.g. alpha=0.35")
-    parser.add_argument("--dataset", default="demo", help="dataset whose class names label the outputs (default demo)")
-    parser.add_argument("--format", choices=("saved_model", "tflite"), required=True)
-    parser.add_argument("--output", help="SavedModel: base dir (default saved_models/<name>); TFLite: file path")
-    parser.add_argument("--version", type=int, help="SavedModel version (default: next integer)")
-    parser.add_argument("--with-probabilities", action="store_true", help="SavedModel: also output softmax probabilities")
-    parser.add_argument("--input-size", default="512x1024", help="TFLite: fixed HEIGHTxWIDTH (default 512x1024)")
-    parser.add_argument("--quantize", choices=QUANTIZE_MODES, default="none", help="TFLite quantization")
-    parser.add_argument("--calibration", help="TFLite int8: glob of TFRecords (default: the demo training set)")
-    parser.add_argument("--num-calibration", type=int, default=100, help="int8 calibration images (default 100)")
-    parser.add_argument(
-        "--align-corners", action=argparse.BooleanOptionalAction, default=True,
-        help="resize logits with align_corners=True as the model was trained (default on)",
-    )
-    return parser
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    from ocr_tf.data.datasets import get_dataset_info
-
-    class_names = list(get_dataset_info(args.dataset).class_names)
-    if not args.weights:
-        print("warning: no --weights given, exporting randomly initialised weights", file=sys.stderr)
-    model = load_model(args.weights, args.model, len(class_names), _parse_overrides(args.model_arg))
-    name = args.model or os.path.splitext(os.path.basename(args.weights))[0].removesuffix(".weights")
-    if args.format == "saved_model":
-        path = export_saved_model(
-            model,
-            args.output or os.path.join("saved_models", name),
-            version=args.version,
-            with_probabilities=args.with_probabilities,
-            align_corners=args.align_corners,
-            class_names=class_names,
-        )
-    else:
-        calibration = args.calibration
-        if calibration is None and args.quantize.startswith("int8"):
-            if args.dataset != "demo":
-                raise SystemExit("--calibration GLOB (the dataset's TFRecords) is needed for int8.")
-            from ocr_tf.data.datasets.demo import prepare_demo
-
-            calibration = prepare_demo()["train"]
-        size = parse_input_size(args.input_size)
-        path = export_tflite(
-            model,
-            args.output or os.path.join("saved_models", "tflite", f"{name}_{size[0]}x{size[1]}_{args.quantize}.tflite"),
-            input_size=size,
-            quantize=args.quantize,
-            calibration_data=calibration,
-            class_names=class_names,
-            num_calibration=args.num_calibration,
-            align_corners=args.align_corners,
-        )
-    print(path)
-    return path
-
-
-if __name__ == "__main__":
-    sys.exit(0 if main() else 1)

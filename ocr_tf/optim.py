@@ -11,8 +11,10 @@
   (w -= lr * wd * w, outside the momentum) and its momentum buffer accumulates lr-scaled
   gradients, which drifts from PyTorch when the LR changes every step. So the update is
   written out here (`update_step`), and `weight_decay` is not passed to the Keras base class.
-  `mult` is the head LR multiplier of [HR] (`NONBACKBONE_MULT`), applied to every variable whose
-  path contains one of `head_keywords` (`NONBACKBONE_KEYWORDS`: cls, aux, ocr).
+  `mult` is the head LR multiplier of [HR] (`NONBACKBONE_MULT`), applied to every variable of the
+  head: every registered model names its head layer "head", so a variable belongs to it when its
+  path starts with "head/" (structural, unlike [HR]'s name substrings cls/aux/ocr, which miss most
+  of the PPM, ASPP and FCN heads' variables).
 """
 
 import keras
@@ -66,8 +68,8 @@ class SGD(keras.optimizers.Optimizer):
         momentum: momentum factor (0.9 in every recipe).
         weight_decay: L2 coefficient added to the gradient (PyTorch `weight_decay`), applied to
             every trainable variable as the reference does.
-        head_lr_multiplier: LR factor of variables whose path contains a `head_keywords` entry.
-        head_keywords: substrings of variable paths that mark the head.
+        head_lr_multiplier: LR factor of the head's variables.
+        head_layers: names of the top-level layers whose variables get the multiplier.
     """
 
     def __init__(
@@ -76,7 +78,7 @@ class SGD(keras.optimizers.Optimizer):
         momentum=0.9,
         weight_decay=0.0,
         head_lr_multiplier=1.0,
-        head_keywords=("cls", "aux", "ocr"),
+        head_layers=("head",),
         name="sgd",
         **kwargs,
     ):
@@ -89,11 +91,11 @@ class SGD(keras.optimizers.Optimizer):
         self.momentum = float(momentum)
         self.l2_weight_decay = float(weight_decay)
         self.head_lr_multiplier = float(head_lr_multiplier)
-        self.head_keywords = tuple(head_keywords)
+        self.head_layers = tuple(head_layers)
 
     def is_head_variable(self, variable):
         path = getattr(variable, "path", variable.name)
-        return any(k in path for k in self.head_keywords)
+        return path.split("/", 1)[0] in self.head_layers
 
     def build(self, variables):
         if self.built:
@@ -128,7 +130,7 @@ class SGD(keras.optimizers.Optimizer):
             momentum=self.momentum,
             weight_decay=self.l2_weight_decay,
             head_lr_multiplier=self.head_lr_multiplier,
-            head_keywords=list(self.head_keywords),
+            head_layers=list(self.head_layers),
         )
         return config
 
@@ -147,5 +149,5 @@ def build_optimizer(train_config):
         momentum=train_config.momentum,
         weight_decay=train_config.weight_decay,
         head_lr_multiplier=train_config.head_lr_multiplier,
-        head_keywords=train_config.head_keywords,
+        head_layers=train_config.head_layers,
     )

@@ -1,8 +1,11 @@
-"""Segment images and write pictures people can look at.
+"""Segment images and write pictures people can look at (the command: `ocr_tf.cli.predict`).
 
-  python -m ocr_tf.predict photos/ street.jpg 'more/*.png' --weights model.keras --dataset cityscapes \\
+  python -m ocr_tf.predict photos/ street.jpg 'more/*.png' --weights model.keras \\
       --output predictions [--regions] [--scales 0.75,1,1.25 --flip]
-  python -m ocr_tf.predict photos/ --weights saved_models/hrnet_w48_ocr/1 --dataset cityscapes
+  python -m ocr_tf.predict photos/ --weights saved_models/hrnet_w48_ocr/1
+
+The class names and palette are the model's own (a .keras Segmenter, a preset, or the metadata
+an exported SavedModel carries); `--dataset` replaces them and says so.
 
 Inputs: image files, folders (their files, not recursive) and globs. A file that is not an image
 is reported by name and skipped. The model is a `.keras` file, a `.weights.h5` file for
@@ -18,7 +21,11 @@ For each image `<stem>` (EXIF orientation applied), in `--output`:
                        largest first, as a grid of heat maps with class names
 """
 
-import argparse
+if __name__ == "__main__":  # `python -m ocr_tf.predict`: parse arguments before TensorFlow loads
+    from ocr_tf.cli.predict import main
+
+    raise SystemExit(main())
+
 import glob
 import os
 import sys
@@ -28,8 +35,7 @@ import tensorflow as tf
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from ocr_tf.evaluate import add_inference_arguments, inference_options
-from ocr_tf.preprocessing import normalize_image
+from ocr_tf.errors import MissingFileError, UserError
 from ocr_tf.visualize import colorize, overlay, region_grid, save_png
 
 GLOB_CHARS = "*?["
@@ -45,17 +51,17 @@ def list_inputs(inputs):
         elif any(c in item for c in GLOB_CHARS):
             matches = sorted(p for p in glob.glob(item) if os.path.isfile(p))
             if not matches:
-                raise FileNotFoundError(f"no files match {item!r}")
+                raise MissingFileError(f"no files match {item!r}")
             files += matches
         elif os.path.isfile(item):
             files.append(item)
         else:
-            raise FileNotFoundError(f"input {item!r} is not a file, folder or glob that matches anything")
+            raise MissingFileError(f"input {item!r} is not a file, folder or glob that matches anything")
     stems = {}
     for path in files:
         stem = os.path.splitext(os.path.basename(path))[0]
         if stem in stems and stems[stem] != path:
-            raise ValueError(f"{stems[stem]} and {path} would write the same output names ({stem}.png).")
+            raise UserError(f"{stems[stem]} and {path} would write the same output names ({stem}.png).")
         stems[stem] = path
     return list(stems.values())
 
@@ -80,44 +86,64 @@ def saved_model_dir(path):
         return path
     versions = [n for n in os.listdir(path) if n.isdigit() and is_saved_model(os.path.join(path, n))]
     if not versions:
-        raise FileNotFoundError(f"{path} is neither a SavedModel nor a folder of numbered SavedModel versions.")
+        raise MissingFileError(f"{path} is neither a SavedModel nor a folder of numbered SavedModel versions.")
     return os.path.join(path, max(versions, key=int))
 
 
 class SavedModelPredictor:
-    """An exported SavedModel: `serving_default` takes uint8 [B, H, W, 3], returns {"labels"}."""
+    """An exported SavedModel: `serving_default` takes uint8 [B, H, W, 3], returns {"labels"}.
+
+    `info`: the class names and palette it was exported with (assets.extra/segmenter.json, or
+    labels.txt with generated colours), or None when it carries neither."""
 
     def __init__(self, path):
         self.path = saved_model_dir(path)
         self.loaded = tf.saved_model.load(self.path)
         if "serving_default" not in self.loaded.signatures:
-            raise ValueError(f"{self.path}: no 'serving_default' signature (found {list(self.loaded.signatures)}).")
+            raise UserError(f"{self.path}: no 'serving_default' signature (found {list(self.loaded.signatures)}).")
         self.serve = self.loaded.signatures["serving_default"]
+        self.info = saved_model_info(self.path)
 
     def labels(self, image):
         outputs = self.serve(images=tf.constant(image[None]))
         if "labels" not in outputs:
-            raise ValueError(f"{self.path}: serving_default returns {sorted(outputs)}, expected 'labels'.")
+            raise UserError(f"{self.path}: serving_default returns {sorted(outputs)}, expected 'labels'.")
         return outputs["labels"][0].numpy()
 
 
-class KerasPredictor:
-    """A Keras model through `ocr_tf.inference` (whole/slide, scales, flip)."""
+def saved_model_info(path):
+    """DatasetInfo of an exported SavedModel's metadata (segmenter.json, else labels.txt), or None."""
+    from ocr_tf.data.datasets.base import DatasetInfo, voc_palette
+    from ocr_tf.segmenter import read_saved_model_metadata
 
-    def __init__(self, model, num_classes, options):
-        self.model = model
-        self.run = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-        self.num_classes = num_classes
+    meta = read_saved_model_metadata(path)
+    if meta is not None:
+        names = meta["class_names"]
+        return DatasetInfo(meta.get("dataset") or "exported", len(names), tuple(names),
+                           tuple(tuple(c) for c in meta["palette"]), meta.get("ignore_label", 255),
+                           tuple(tuple(p) for p in meta.get("flip_pairs", ())))
+    labels = os.path.join(path, "assets.extra", "labels.txt")
+    if os.path.isfile(labels):
+        with open(labels, encoding="utf-8") as f:
+            names = tuple(line.rstrip("\n") for line in f if line.strip())
+        return DatasetInfo("exported", len(names), names, voc_palette(len(names)))
+    return None
+
+
+class SegmenterPredictor:
+    """A Segmenter through `ocr_tf.inference` (whole/slide, scales, flip)."""
+
+    def __init__(self, segmenter, options):
+        self.segmenter = segmenter
         self.options = options
+        self.info = segmenter.dataset_info()
 
     def labels(self, image):
-        from ocr_tf.inference import predict_labels
-
-        x = normalize_image(image[None])
-        return predict_labels(self.run, x, num_classes=self.num_classes, **self.options)[0].numpy()
+        return self.segmenter.predict(image, **self.options)
 
     def aux_logits(self, image):
-        return self.run(normalize_image(image[None]))["aux_logits"][0].numpy()
+        seg = self.segmenter
+        return seg._runner()(seg.normalize(image[None]))["aux_logits"][0].numpy()
 
 
 def predict_files(predictor, files, info, output, *, alpha=0.5, regions=False, max_regions=12, progress=True):
@@ -133,9 +159,9 @@ def predict_files(predictor, files, info, output, *, alpha=0.5, regions=False, m
             continue
         labels = predictor.labels(image)
         if labels.shape != image.shape[:2]:
-            raise ValueError(f"{path}: the model returned labels {labels.shape} for an image of {image.shape[:2]}.")
+            raise UserError(f"{path}: the model returned labels {labels.shape} for an image of {image.shape[:2]}.")
         if labels.max() >= info.num_classes:
-            raise ValueError(f"{path}: the model predicts class {labels.max()}, but {info.name} has {info.num_classes}.")
+            raise UserError(f"{path}: the model predicts class {labels.max()}, but {info.name} has {info.num_classes}.")
         stem = os.path.splitext(os.path.basename(path))[0]
         color = colorize(labels, info.palette, info.ignore_label)
         save_png(labels.astype(np.uint8), os.path.join(output, "labels", f"{stem}.png"))
@@ -148,63 +174,3 @@ def predict_files(predictor, files, info, output, *, alpha=0.5, regions=False, m
             save_png(grid, os.path.join(output, "regions", f"{stem}.png"))
         written.append(path)
     return written, skipped
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m ocr_tf.predict",
-        description="Segment images with a .keras model or an exported SavedModel; write label PNGs, "
-        "colour masks, overlays and (--regions) the soft object regions.",
-    )
-    parser.add_argument("inputs", nargs="+", help="image files, folders or globs")
-    parser.add_argument("--weights", required=True, help="a .keras model, a SavedModel folder, or a .weights.h5 for --model")
-    parser.add_argument("--model", help="registered model name (only for a .weights.h5 file)")
-    parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="build_model override")
-    parser.add_argument("--dataset", default="cityscapes", help="palette and class names: a dataset name or a class file (default cityscapes)")
-    parser.add_argument("--output", default="predictions", help="output folder (default ./predictions)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask (default 0.5)")
-    parser.add_argument("--regions", action="store_true", help="also draw the soft object regions (Keras models only)")
-    parser.add_argument("--max-regions", type=int, default=12, help="at most this many region maps per image (default 12)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_inference_arguments(parser)
-    return parser
-
-
-def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not 0.0 <= args.alpha <= 1.0:
-        parser.error(f"--alpha must be in [0, 1], got {args.alpha}.")
-    if args.mode == "slide" and not args.crop_size:
-        parser.error("--mode slide needs --crop-size.")
-    from ocr_tf.data.datasets import get_dataset_info
-
-    info = get_dataset_info(args.dataset)
-    try:
-        files = list_inputs(args.inputs)
-    except (FileNotFoundError, ValueError) as e:
-        parser.error(str(e))
-    if os.path.isdir(args.weights):
-        custom = args.mode != "whole" or args.scales != (1.0,) or args.flip
-        if custom or args.regions:
-            parser.error("a SavedModel runs as exported: --mode/--scales/--flip/--regions need a Keras model.")
-        predictor = SavedModelPredictor(args.weights)
-    else:
-        from ocr_tf.export import _parse_overrides, load_model
-
-        model = load_model(args.weights, args.model, info.num_classes, _parse_overrides(args.model_arg))
-        if args.regions and not (isinstance(model.output, dict) and "aux_logits" in model.output):
-            parser.error("--regions needs a model with an 'aux_logits' output.")
-        predictor = KerasPredictor(model, info.num_classes, inference_options(args, info))
-    written, skipped = predict_files(
-        predictor, files, info, args.output, alpha=args.alpha, regions=args.regions,
-        max_regions=args.max_regions, progress=not args.quiet,
-    )
-    print(f"wrote {len(written)} predictions to {args.output}/ (labels, color, overlay{', regions' if args.regions else ''})")
-    if skipped:
-        print(f"skipped {len(skipped)} files that are not images: " + ", ".join(p for p, _ in skipped))
-    return 0 if written else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

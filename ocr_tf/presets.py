@@ -94,7 +94,9 @@ def read_preset_dir(preset_dir):
     """The Segmenter saved in a preset folder."""
     import keras
 
-    import ocr_tf  # noqa: F401  (registers every serializable class)
+    import ocr_tf
+
+    ocr_tf.register_all()  # every serializable class (commands skip it at start-up)
 
     if not is_preset_dir(preset_dir):
         raise MissingFileError(f"{preset_dir} is not a preset folder (expected {CONFIG} and {WEIGHTS} in it).")

@@ -137,6 +137,15 @@ class Segmenter(keras.Model):
             "provenance": self.provenance,
         }
 
+    def dataset_info(self):
+        """The classes as an `ocr_tf.data.datasets.DatasetInfo` (what the data and metric code take)."""
+        from ocr_tf.data.datasets.base import DatasetInfo
+
+        return DatasetInfo(
+            self.dataset or "custom", self.num_classes, tuple(self.class_names),
+            tuple(tuple(c) for c in self.palette), self.ignore_label, tuple(self.flip_pairs),
+        )
+
     def get_config(self):
         # keras.Model's functional config is replaced by the constructor's arguments (keras-hub's
         # Task does the same), so loading rebuilds the Segmenter through __init__.

@@ -1,4 +1,5 @@
-"""Train an OCR segmenter with `model.fit`: `python -m ocr_tf.train [--config X.yaml] [--set k=v ...]`.
+"""Train an OCR segmenter with `model.fit`: `python -m ocr_tf.train [--config X.yaml] [--set k=v ...]`
+(the command: `ocr_tf.cli.train`).
 
 With no arguments it runs the demo (configs/demo/default.yaml): a small HRNet + OCR on the
 built-in procedural dataset, a few minutes on 2 CPU cores, then evaluation and export into
@@ -11,21 +12,27 @@ checked (before anything is built); the strategy is chosen; the network is built
 (BatchNorm synchronized when there are several replicas); the backup, if any, is restored
 (weights, optimizer, step); `fit` runs to `train.iterations` steps with validation every
 `train.steps_per_epoch` steps; the best weights by validation mIoU are evaluated on the
-validation set and exported.
+validation set, saved as a Segmenter (`checkpoints/best.keras`: the network with its classes,
+palette, normalisation and build arguments) and exported.
 """
 
-import argparse
+if __name__ == "__main__":  # `python -m ocr_tf.train`: parse arguments before TensorFlow loads
+    from ocr_tf.cli.train import main
+
+    raise SystemExit(main())
+
 import json
 import math
 import os
 import shutil
-import sys
 import time
+
+from ocr_tf.errors import UserError
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo", "default.yaml")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Dataset files or classes that do not fit the config (found before training)."""
 
 
@@ -187,7 +194,9 @@ def build_trainer(cfg, strategy):
             cfg.data.num_classes, cfg.data.ignore_label, lo.aux_weight, lo.class_weights, lo.ohem,
             lo.ohem_threshold, lo.ohem_min_kept, overrides.get("align_corners", True),
         )
-        trainer = SegmentationTrainer(network, loss, cfg.data.num_classes, cfg.data.ignore_label, name="trainer")
+        trainer = SegmentationTrainer(
+            network, loss, cfg.data.num_classes, cfg.data.ignore_label, align_corners=align_corners(cfg), name="trainer"
+        )
         trainer.compile(
             optimizer=build_optimizer(cfg.train), steps_per_execution=cfg.train.steps_per_execution,
             jit_compile=False,
@@ -226,7 +235,7 @@ def evaluate(network, cfg, info):
     from tqdm import tqdm
 
     from ocr_tf.data.pipeline import make_dataset
-    from ocr_tf.layers.common import resize_bilinear
+    from ocr_tf.inference import logits_to_labels
     from ocr_tf.metrics import ConfusionMatrix
 
     d = cfg.data
@@ -235,9 +244,7 @@ def evaluate(network, cfg, info):
 
     @tf.function(reduce_retracing=True)
     def predict(x):
-        logits = network(x, training=False)["logits"]
-        logits = resize_bilinear(tf.cast(logits, tf.float32), tf.shape(x)[1:3], True)
-        return tf.argmax(logits, axis=-1, output_type=tf.int32)
+        return logits_to_labels(network(x, training=False)["logits"], tf.shape(x)[1:3], align_corners(cfg))
 
     for x, y in tqdm(ds, total=count_records(d.val), desc="evaluate", unit="img", leave=False):
         cm.update(y.numpy(), predict(x).numpy())
@@ -302,7 +309,7 @@ def run(cfg, log=print):
             BestCheckpoint(network, ckpt_dir, resume=step > 0),
             keras.callbacks.CSVLogger(csv_path, append=True),
             keras.callbacks.TensorBoard(log_dir, update_freq="epoch", write_graph=False),
-            TensorBoardExtras(log_dir, network, images, labels, info.palette, cfg.data.ignore_label),
+            TensorBoardExtras(log_dir, network, images, labels, info.palette, cfg.data.ignore_label, align_corners(cfg)),
         ]
     verbose = t.verbose if chief else 0
     for initial_epoch, epochs, steps in plan_segments(step, t.iterations, t.steps_per_epoch):
@@ -326,16 +333,41 @@ def run(cfg, log=print):
         with open(os.path.join(ckpt_dir, "best.json")) as f:
             summary["best"] = json.load(f)
     summary["checkpoint"] = best if os.path.exists(best) else os.path.join(ckpt_dir, "last.weights.h5")
-    # The whole network as one file, so predict / export / evaluate need no model flags.
-    final = float32_network(network, cfg)
+    # The whole Segmenter as one file, so predict / export / evaluate need no model flags.
+    final = make_segmenter(float32_network(network, cfg), cfg, info, summary)
     summary["keras_model"] = save_keras_model(final, os.path.join(ckpt_dir, "best.keras"))
     if cfg.data.val:
         summary["eval"] = evaluate(network, cfg, info)
         summary["miou"] = summary["eval"]["miou"]
     summary["exports"] = export(final, cfg, info, log)
+    if cfg.data.dataset == "demo":
+        from ocr_tf.data.datasets.demo import prepare_demo
+
+        summary["demo_images"] = prepare_demo()["images"]  # a few validation PNGs to try predict on
     summary["logs"] = {"tensorboard": log_dir, "csv": os.path.join(run_dir, "training_log.csv")}
     summary["total_seconds"] = time.time() - start
     return summary
+
+
+def align_corners(cfg):
+    return bool(cfg.model.overrides.get("align_corners", True))
+
+
+def make_segmenter(network, cfg, info, summary):
+    """The trained network as a Segmenter: classes and palette of the dataset, build arguments
+    and where it came from."""
+    from ocr_tf.segmenter import Segmenter
+
+    provenance = {"trained_by": "python -m ocr_tf.train", "run_dir": os.path.abspath(summary["run_dir"]),
+                  "steps": summary["steps"]}
+    if "best" in summary:
+        provenance["val_miou"] = summary["best"].get("val_miou")
+    return Segmenter(
+        network, info.class_names, palette=info.palette, align_corners=align_corners(cfg),
+        ignore_label=cfg.data.ignore_label, dataset=info.name, model_name=cfg.model.name,
+        model_overrides={k: v for k, v in cfg.model.overrides.items() if k not in ("weights", "synchronized")},
+        flip_pairs=info.flip_pairs, provenance=provenance,
+    )
 
 
 def float32_network(network, cfg):
@@ -363,7 +395,7 @@ def save_keras_model(network, path):
 
 
 def export(network, cfg, info, log=print):
-    """SavedModel (+ TFLite) of a float32 `network` into output.export_dir; returns {kind: path or reason}."""
+    """SavedModel (+ TFLite) of a float32 Segmenter into output.export_dir; returns {kind: path or reason}."""
     out = cfg.output
     if not out.export_dir:
         return {}
@@ -379,81 +411,3 @@ def export(network, cfg, info, log=print):
         path = os.path.join(out.export_dir, f"{cfg.model.name}_{h}x{w}.tflite")
         result["tflite"] = export_tflite(network, path, input_size=(h, w), class_names=names)
     return result
-
-
-# ------------------------------------------------------------------------------------- CLI
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        prog="python -m ocr_tf.train",
-        description="Train an OCR segmenter with model.fit. Without arguments: the demo "
-        "(configs/demo/default.yaml, a few minutes on a laptop CPU). Rerun the same command to "
-        "resume after an interruption.",
-    )
-    p.add_argument("--config", help=f"YAML config (default: {os.path.relpath(DEFAULT_CONFIG)})")
-    p.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override config values, e.g. --set train.lr=0.02 data.crop_size=[256,512] "
-                   "(YAML values; repeatable)")
-    p.add_argument("--strategy", choices=("auto", "default", "mirrored", "multi_worker", "tpu"),
-                   help="tf.distribute strategy (same as --set train.strategy=...)")
-    p.add_argument("--mixed-precision", choices=("float16", "bfloat16"),
-                   help="mixed precision compute; logits and loss stay float32")
-    p.add_argument("--output-dir", help="run folder for checkpoints, backup and logs (output.dir)")
-    return p.parse_args(argv)
-
-
-def _print_summary(summary, cfg, log=print):
-    log("")
-    log("=" * 72)
-    minutes = summary.get("total_seconds", summary["train_seconds"]) / 60
-    log(f"Done: {summary['steps']} steps in {minutes:.1f} min.")
-    if "eval" in summary:
-        ev = summary["eval"]
-        log(f"Validation mIoU {100 * ev['miou']:.2f}%  (pixel accuracy {100 * ev['pixel_accuracy']:.2f}%)")
-        for name, iou in zip(ev.get("class_names", []), ev["per_class_iou"]):
-            log(f"  {name:<20s} IoU {'  n/a' if iou != iou else f'{100 * iou:5.1f}'}")
-    if "best" in summary:
-        b = summary["best"]
-        log(f"Best checkpoint:    {os.path.abspath(summary['checkpoint'])}  (val mIoU {100 * b['val_miou']:.2f}% at step {b['step']})")
-    else:
-        log(f"Checkpoint:         {os.path.abspath(summary.get('checkpoint'))}")
-    if "keras_model" in summary:
-        log(f"Model (.keras):     {os.path.abspath(summary['keras_model'])}  (for evaluate / predict / export --weights)")
-    log(f"Run folder:         {os.path.abspath(summary['run_dir'])}  (config.yaml, training_log.csv)")
-    log(f"TensorBoard:        tensorboard --logdir {os.path.abspath(summary['logs']['tensorboard'])}")
-    exports = summary.get("exports", {})
-    if not exports:
-        log(f"{'Export:':<20s}skipped (output.export_dir is null)")
-    for kind, path in exports.items():
-        log(f"{'Export ' + kind + ':':<20s}{os.path.abspath(path) if os.path.exists(path) else path}")
-    log("=" * 72)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    from ocr_tf.config import ConfigError, load_config
-
-    overrides = [item for group in args.overrides for item in group]
-    if args.strategy:
-        overrides.append(f"train.strategy={args.strategy}")
-    if args.mixed_precision:
-        overrides.append(f"train.mixed_precision={args.mixed_precision}")
-    if args.output_dir:
-        overrides.append(f"output.dir={args.output_dir}")
-    try:
-        cfg = load_config(args.config or DEFAULT_CONFIG, overrides)
-        summary = run(cfg)
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except FloatingPointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    if "eval" in summary or "exports" in summary:
-        _print_summary(summary, cfg)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

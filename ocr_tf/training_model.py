@@ -36,13 +36,13 @@ class SegmentationTrainer(keras.Model):
     (image (B, H, W, 3), label (B, H, W)). The network itself is what gets saved and exported.
     """
 
-    def __init__(self, network, loss, num_classes, ignore_label=255, **kwargs):
+    def __init__(self, network, loss, num_classes, ignore_label=255, align_corners=True, **kwargs):
         super().__init__(**kwargs)
         self.network = network
         self.seg_loss = loss
         self.main_loss_tracker = keras.metrics.Mean(name="main_loss")
         self.aux_loss_tracker = keras.metrics.Mean(name="aux_loss")
-        self.miou = SegmentationMeanIoU(num_classes, ignore_label, name="miou")
+        self.miou = SegmentationMeanIoU(num_classes, ignore_label, align_corners=align_corners, name="miou")
 
     def call(self, inputs, training=None):
         return self.network(inputs, training=training)

@@ -11,6 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from ocr_tf import evaluate
+from ocr_tf.cli import evaluate as evaluate_cli
 from ocr_tf.data import records
 from ocr_tf.data.datasets import cityscapes
 from ocr_tf.layers import OCRHead, resize_bilinear
@@ -64,7 +65,7 @@ def test_folder_scores_equal_cityscapesscripts(tmp_path, monkeypatch, fmt):
     reference = cityscapesscripts_scores(tmp_path, monkeypatch)
     folder = "pred_labelids" if fmt == "raw" else "pred_trainids"
     out = tmp_path / "report"
-    evaluate.main([
+    evaluate_cli.main([
         "--predictions", str(tmp_path / folder), "--ground-truth", str(tmp_path / "gtFine"),
         "--dataset", "cityscapes", "--label-format", fmt, "--output", str(out), "--quiet",
     ])
@@ -149,7 +150,7 @@ def test_model_evaluation_cli_and_written_predictions(tmp_path):
         f"data:\n  dataset: cityscapes\n  num_classes: 19\n  val: {tmp_path}/val-*.tfrecord\n"
     )
     out, written = tmp_path / "report", tmp_path / "written"
-    evaluate.main([
+    evaluate_cli.main([
         "--config", str(config), "--weights", str(tmp_path / "tiny.keras"), "--output", str(out),
         "--write-predictions", str(written), "--quiet",
     ])
@@ -189,7 +190,7 @@ def test_multi_scale_flip_options_reach_inference(tmp_path):
 
 def test_cli_errors_name_the_problem(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        evaluate.main(["--dataset", "cityscapes", "--predictions", str(tmp_path)])
+        evaluate_cli.main(["--dataset", "cityscapes", "--predictions", str(tmp_path)])
     assert "--ground-truth" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="no TFRecord files match"):
         evaluate.evaluate_model(tiny_model(), str(tmp_path / "none-*.tfrecord"), dataset="cityscapes",

@@ -62,9 +62,9 @@ def test_sgd_matches_torch_sgd_with_weight_decay_poly_lr_and_head_multiplier():
     lrs = [float(schedule(t)) for t in range(steps)]
 
     variables = [keras.Variable(w.astype(np.float32), name=n.split("/")[-1]) for n, w in zip(names, w0)]
-    opt = SGD(schedule, momentum=0.9, weight_decay=5e-4, head_lr_multiplier=10.0, head_keywords=("cls", "aux", "ocr"))
+    opt = SGD(schedule, momentum=0.9, weight_decay=5e-4, head_lr_multiplier=10.0)
     # Keras variable paths come from the layer scope; give ours the names a model would have.
-    head_mask = [any(k in n for k in ("cls", "aux", "ocr")) for n in names]
+    head_mask = [n.startswith("head/") for n in names]
     opt.is_head_variable = lambda v: head_mask[[id(x) for x in variables].index(id(v))]
     for g in grads:
         opt.apply_gradients(zip([keras.ops.convert_to_tensor(x.astype(np.float32)) for x in g], variables))
@@ -98,11 +98,27 @@ def test_head_variables_selected_by_path_in_a_model():
     assert sum(m == 10.0 for m in mults.values()) == len(mults) - 3  # all but the stem's 3
 
 
+@pytest.mark.parametrize("name", ["hrnet_tiny_ocr", "hrnet_tiny_fcn", "hrnet_tiny_ppm", "hrnet_tiny_aspp",
+                                  "mobilenetv2_ocr"])
+def test_head_multiplier_reaches_every_head_variable_of_every_head(name):
+    """[HR]'s substrings cls/aux/ocr reached 8 of 23 PPM, 8 of 26 ASPP and 2 of 6 FCN variables."""
+    from ocr_tf.models import build_model
+
+    kwargs = {"mid_channels": 8, "key_channels": 4} if name.endswith("_ocr") else {}
+    model = build_model(name, 3, **kwargs)
+    opt = SGD(0.1, head_lr_multiplier=10.0)
+    opt.build(model.trainable_variables)
+    head = {id(v) for v in model.get_layer("head").trainable_variables}
+    assert head
+    for v, mult in zip(model.trainable_variables, opt._lr_multipliers):
+        assert mult == (10.0 if id(v) in head else 1.0), v.path
+
+
 def test_build_optimizer_from_config_and_round_trip():
     cfg = TrainConfig(lr=0.02, iterations=1000, weight_decay=1e-4, head_lr_multiplier=10.0, warmup_steps=10)
     opt = build_optimizer(cfg)
     assert opt.l2_weight_decay == 1e-4 and opt.momentum == 0.9 and opt.head_lr_multiplier == 10.0
     assert opt.weight_decay is None  # Keras' decoupled decay must stay off
     again = SGD.from_config(opt.get_config())
-    assert again.l2_weight_decay == 1e-4 and again.head_keywords == ("cls", "aux", "ocr")
+    assert again.l2_weight_decay == 1e-4 and again.head_layers == ("head",)
     np.testing.assert_allclose(float(again.learning_rate), 0.02 * 0.1, rtol=1e-6)  # warmup start

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from ocr_tf import predict
+from ocr_tf.cli import predict
 from ocr_tf.data.datasets import get_dataset_info
 from ocr_tf.layers import OCRHead, resize_bilinear
 from ocr_tf.preprocessing import normalize_image
@@ -94,8 +94,8 @@ def test_saved_model_predicts_like_the_keras_model(tmp_path, inputs):
                          "--dataset", "cityscapes", "--output", str(out), "--quiet"])
     assert code == 0
     check_outputs(out, images, {s: model_labels(model, im) for s, im in images.items()})
-    with pytest.raises(SystemExit):  # regions need the aux logits, which a SavedModel does not give
-        predict.main([str(folder), "--weights", str(tmp_path / "exported"), "--regions", "--output", str(out)])
+    # regions need the aux logits, which a SavedModel does not give: one line, exit 2
+    assert predict.main([str(folder), "--weights", str(tmp_path / "exported"), "--regions", "--output", str(out)]) == 2
 
 
 def test_only_non_images_fails_and_names_them(tmp_path, capsys):
@@ -103,10 +103,12 @@ def test_only_non_images_fails_and_names_them(tmp_path, capsys):
     model.save(tmp_path / "tiny.keras")
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    code = predict.main([str(bad), "--weights", str(tmp_path / "tiny.keras"), "--output", str(tmp_path / "o"), "--quiet"])
+    code = predict.main([str(bad), "--weights", str(tmp_path / "tiny.keras"), "--dataset", "cityscapes",
+                         "--output", str(tmp_path / "o"), "--quiet"])
     assert code == 1 and "broken.png" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        predict.main([str(tmp_path / "missing.png"), "--weights", str(tmp_path / "tiny.keras")])
+    capsys.readouterr()
+    assert predict.main([str(tmp_path / "missing.png"), "--weights", str(tmp_path / "tiny.keras"), "--dataset", "cityscapes"]) == 2
+    assert "missing.png" in capsys.readouterr().err
 
 
 def test_soft_regions_and_grid():

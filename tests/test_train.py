@@ -75,7 +75,7 @@ def test_plan_segments():
 
 
 def test_unknown_key_refused_with_name(capsys):
-    from ocr_tf.train import main
+    from ocr_tf.cli.train import main
 
     assert main(["--set", "train.lrr=0.1"]) == 2
     err = capsys.readouterr().err
@@ -106,7 +106,7 @@ def test_missing_dataset_and_class_mismatch_refused_before_training(tmp_path, de
 
 
 def test_default_command_pieces_on_a_tiny_budget(tmp_path, demo_cache, capsys):
-    from ocr_tf.train import main
+    from ocr_tf.cli.train import main
 
     run_dir, export_dir = tmp_path / "run", tmp_path / "export"
     assert main(tiny_overrides(str(run_dir), str(export_dir))) == 0
@@ -122,13 +122,20 @@ def test_default_command_pieces_on_a_tiny_budget(tmp_path, demo_cache, capsys):
     from ocr_tf.config import load_config
     from ocr_tf.models import build_model
 
+    import ocr_tf
+
     whole = keras.saving.load_model(ckpt / "best.keras", compile=False)
+    # best.keras is a Segmenter: it knows its classes, palette and how it was built.
+    assert isinstance(whole, ocr_tf.Segmenter)
+    assert whole.class_names == list(cfg_classes()) and whole.dataset == "demo"
+    assert whole.model_name == "hrnet_tiny_ocr" and whole.provenance["steps"] == 6
     cfg = load_config(str(run_dir / "config.yaml"))
     net = build_model(cfg.model.name, cfg.data.num_classes, **cfg.model.overrides)
     net.load_weights(ckpt / "best.weights.h5")
     x = np.random.default_rng(0).normal(size=(1, 32, 48, 3)).astype("float32")
     np.testing.assert_array_equal(whole(x, training=False)["logits"], net(x, training=False)["logits"])
     assert "Model (.keras):" in out
+    assert "python -m ocr_tf.predict" in out and os.path.isdir(whole_demo_images())
     assert not (run_dir / "backup").exists()  # schedule complete: backup removed
     assert not glob.glob(str(run_dir / "**" / "*.tmp*"), recursive=True)  # atomic writes only
     rows = list(csv.DictReader(open(run_dir / "training_log.csv")))
@@ -283,3 +290,15 @@ def test_best_checkpoint_bar_only_carries_over_on_resume(tmp_path):
     assert BestCheckpoint(None, str(tmp_path), resume=True).best == 0.7
     # a fresh run in an old folder must not keep (and later export) the old run's weights
     assert BestCheckpoint(None, str(tmp_path), resume=False).best == -float("inf")
+
+
+def cfg_classes():
+    from ocr_tf.data.datasets.demo import CLASS_NAMES
+
+    return CLASS_NAMES
+
+
+def whole_demo_images():
+    from ocr_tf.data.datasets.demo import prepare_demo
+
+    return prepare_demo()["images"]

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ocr_tf.data.datasets import base, get_module
+from ocr_tf.errors import UserError
 
 DATASET_HELP = {
     "cityscapes": "leftImg8bit/ + gtFine/ (or gtCoarse/ with --coarse); labelIds -> trainIds "
@@ -37,7 +38,7 @@ DATASET_HELP = {
 }
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError):
     """A source image/label pair that cannot be converted; names both files."""
 
 

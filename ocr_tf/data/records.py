@@ -22,6 +22,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from ocr_tf.errors import UserError
+
 IMAGE_KEY = "image/encoded"
 IMAGE_FORMAT_KEY = "image/format"
 HEIGHT_KEY = "image/height"
@@ -44,7 +46,7 @@ FEATURES = {
 log = logging.getLogger(__name__)
 
 
-class RecordError(ValueError):
+class RecordError(UserError):
     """A record or shard that cannot be used; the message names the file, record and values."""
 
 

@@ -21,10 +21,11 @@ import numpy as np
 
 from ocr_tf.data.datasets.base import IGNORE_LABEL, DatasetInfo
 
-VERSION = 1
+VERSION = 2  # 2: a few validation images as PNGs, for predict after the quick start
 HEIGHT, WIDTH = 96, 128
 TRAIN_SIZE, VAL_SIZE = 384, 64
 TRAIN_SHARDS, VAL_SHARDS = 4, 2
+NUM_PNGS = 4  # validation images also written as PNGs (images/)
 
 CLASS_NAMES = ("background", "ground", "house", "house window", "car", "car window",
                "striped disc", "striped box")
@@ -158,6 +159,8 @@ def _generate(folder, seed):
             for i in range(count):
                 image, label = make_scene(rng)
                 writer.add(image, label, source_id=f"demo-{split}-{i:04d}")
+                if split == "val" and i < NUM_PNGS:
+                    files.append(_write_png(folder, f"demo-val-{i:04d}.png", image))
         files += [os.path.basename(p) for p in writer.final_paths] + [f"{split}-info.json"]
     manifest = {"version": VERSION, "seed": seed, "train_size": TRAIN_SIZE, "val_size": VAL_SIZE,
                 "height": HEIGHT, "width": WIDTH, "class_names": list(CLASS_NAMES), "files": files}
@@ -166,10 +169,19 @@ def _generate(folder, seed):
     return manifest
 
 
+def _write_png(folder, name, image):
+    from PIL import Image
+
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    Image.fromarray(image).save(os.path.join(folder, "images", name))
+    return os.path.join("images", name)
+
+
 def prepare_demo(cache_dir=None, seed=0):
     """Generate (first time) or reuse the demo TFRecords; returns globs and sizes.
 
-    Returns dict(train=<glob>, val=<glob>, num_classes, class_names, train_size, val_size).
+    Returns dict(train=<glob>, val=<glob>, images=<folder of a few validation PNGs>, num_classes,
+    class_names, train_size, val_size).
     """
     cache_dir = cache_dir or default_cache_dir()
     folder = os.path.join(cache_dir, f"v{VERSION}-seed{seed}")
@@ -191,6 +203,7 @@ def prepare_demo(cache_dir=None, seed=0):
     return {
         "train": os.path.join(folder, "train-*.tfrecord"),
         "val": os.path.join(folder, "val-*.tfrecord"),
+        "images": os.path.join(folder, "images"),
         "num_classes": INFO.num_classes,
         "class_names": INFO.class_names,
         "train_size": manifest["train_size"],

@@ -1,0 +1,83 @@
+"""`python -m ocr_tf.export`: a Segmenter as a TF Serving SavedModel or a TFLite file."""
+
+import argparse
+import os
+import sys
+
+from ocr_tf.cli.common import add_model_arguments, command, fail, positive_int, size
+
+FORMATS = ("saved_model", "tflite")
+QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8", "int8_full")  # ocr_tf.export.QUANTIZE_MODES
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m ocr_tf.export",
+        description="Export a segmenter as a TF Serving SavedModel or a TFLite model (normalisation, resize "
+        "to the input size and argmax inside; class names and palette from the model).",
+    )
+    add_model_arguments(parser, weights_help="a .keras model or a preset folder; or a .weights.h5 with --model "
+                        "(omitted: --model with random weights)")
+    parser.add_argument("--format", choices=FORMATS, required=True)
+    parser.add_argument("--output", help="SavedModel: base dir (default saved_models/<model name>); TFLite: file path")
+    parser.add_argument("--version", type=int, help="SavedModel version (default: next integer)")
+    parser.add_argument("--with-probabilities", action="store_true", help="SavedModel: also output softmax probabilities")
+    parser.add_argument("--input-size", type=size, default=(512, 1024), help="TFLite: fixed HEIGHTxWIDTH (default 512x1024)")
+    parser.add_argument("--quantize", choices=QUANTIZE_MODES, default="none", help="TFLite quantization")
+    parser.add_argument("--calibration", help="TFLite int8: glob of TFRecords (default: the demo training set for demo models)")
+    parser.add_argument("--num-calibration", type=positive_int, default=100, help="int8 calibration images (default 100)")
+    parser.add_argument(
+        "--align-corners", action=argparse.BooleanOptionalAction, default=None,
+        help="resize the logits with align_corners (default: as the model was trained)",
+    )
+    return parser
+
+
+def model_stem(segmenter):
+    """The name exports are called by: the registry name, else the network's name."""
+    return segmenter.model_name or segmenter.network.name
+
+
+@command(build_parser)
+def main(args):
+    if args.version is not None and args.format != "saved_model":
+        fail("--version applies to --format saved_model only.")
+    if args.weights is None:
+        if not args.model:
+            fail("give --weights (a .keras model or preset) or --model (random weights).")
+        print("warning: no --weights given, exporting randomly initialised weights", file=sys.stderr)
+    from ocr_tf.cli.common import load_segmenter_from_args
+    from ocr_tf.export import export_saved_model, export_tflite
+
+    if args.weights is None and not args.dataset:
+        args.dataset = "demo"
+    segmenter = load_segmenter_from_args(args)
+    name = model_stem(segmenter)
+    if args.format == "saved_model":
+        target = args.output or os.path.join("saved_models", name)
+        try:
+            path = export_saved_model(
+                segmenter, target, version=args.version, with_probabilities=args.with_probabilities,
+                align_corners=args.align_corners,
+            )
+        except OSError as e:
+            fail(f"cannot write the SavedModel into {target}: {e.strerror or e}.")
+    else:
+        calibration = args.calibration
+        if calibration is None and args.quantize.startswith("int8"):
+            if segmenter.dataset != "demo":
+                fail(f"--quantize {args.quantize} needs --calibration GLOB (TFRecords of the model's dataset).")
+            from ocr_tf.data.datasets.demo import prepare_demo
+
+            calibration = prepare_demo()["train"]
+        h, w = args.input_size
+        target = args.output or os.path.join("saved_models", "tflite", f"{name}_{h}x{w}_{args.quantize}.tflite")
+        try:
+            path = export_tflite(
+                segmenter, target, input_size=(h, w), quantize=args.quantize, calibration_data=calibration,
+                num_calibration=args.num_calibration, align_corners=args.align_corners,
+            )
+        except OSError as e:
+            fail(f"cannot write {target}: {e.strerror or e}.")
+    print(path)
+    return 0
