@@ -11,6 +11,7 @@ never leaves a file that matches `<split>-*.tfrecord`. Next to the shards the wr
 uses to spot truncated shards by size before reading them.
 """
 
+import contextlib
 import glob
 import io
 import json
@@ -44,7 +45,10 @@ FEATURES = {
 log = logging.getLogger(__name__)
 
 
-class RecordError(ValueError):
+from ocr_tf.errors import UserError
+
+
+class RecordError(UserError):
     """A record or shard that cannot be used; the message names the file, record and values."""
 
 
@@ -365,7 +369,72 @@ def iter_records_checked(path, bad_records):
         except StopIteration:
             return
         except tf.errors.OpError as e:
-            bad_records.add(path, index, f"unreadable from here on: {e.message.strip()}")
+            bad_records.add(path, index, f"unreadable from here on: {tf_message(e)}")
             return
         yield index, record.numpy()
         index += 1
+
+
+def example_fields(serialized, where):
+    """{'image', 'label', 'source_id'} bytes of a serialized example; RecordError naming `where`
+    when it is not a tf.train.Example with an `image/encoded` feature."""
+    try:
+        feature = tf.train.Example.FromString(serialized).features.feature
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise RecordError(f"{where} is not a tf.train.Example ({e.__class__.__name__})") from None
+
+    def first(key):
+        values = feature[key].bytes_list.value if key in feature else []
+        return values[0] if values else b""
+
+    if not first(IMAGE_KEY):
+        raise RecordError(f"{where} has no '{IMAGE_KEY}' (keys: {sorted(feature)[:8]}); expected the "
+                          "tf-models segmentation keys (python -m ocr_tf.data.convert writes them)")
+    return {"image": first(IMAGE_KEY), "label": first(LABEL_KEY),
+            "source_id": first(SOURCE_ID_KEY).decode("utf-8", "replace")}
+
+
+def tf_message(error):
+    """A TensorFlow OpError's message without its graph-function and op boilerplate."""
+    import re
+
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", error.message)
+    text = re.sub(r"\s*\[Op:[^\]]*\].*$", "", text, flags=re.S)
+    return " ".join(text.split()).rstrip("'")
+
+
+def find_damaged_shards(files):
+    """{file: message} for shards that cannot be read to the end (bad CRC, cut short, not a
+    TFRecord). Reads every shard: meant for after a read error, to name the culprit."""
+    damaged = {}
+    for path in files:
+        index = 0
+        try:
+            for _ in tf.data.TFRecordDataset(path):
+                index += 1
+        except tf.errors.OpError as e:
+            damaged[path] = (f"shard {path} is damaged at record {index} ({tf_message(e)}): "
+                             "re-copy or re-convert it, or set data.skip_bad: true to read what is intact")
+    return damaged
+
+
+# A read of a damaged shard fails deep in tf.data with "corrupted record at 0" / "truncated
+# record at N" and no file name; these are the messages worth translating.
+_READ_ERROR_WORDS = ("corrupted record", "truncated record", "data_loss", "record at", "checksum")
+
+
+@contextlib.contextmanager
+def naming_damaged_shards(files):
+    """Around code that iterates a dataset of `files`: a TFRecord read error (DataLossError,
+    'corrupted record at 0' without a file name) is re-raised as a RecordError naming the
+    damaged shard(s), found by reading each shard once."""
+    try:
+        yield
+    except tf.errors.OpError as e:
+        text = f"{e.__class__.__name__} {e.message}".lower()
+        if not isinstance(e, tf.errors.DataLossError) and not any(w in text for w in _READ_ERROR_WORDS):
+            raise
+        damaged = find_damaged_shards(files)
+        if not damaged:
+            raise
+        raise RecordError("; ".join(damaged.values())) from None
