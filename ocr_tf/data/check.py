@@ -49,7 +49,7 @@ def remap_hint(raw_ids, num_classes):
     ids = {int(i) for i in raw_ids}
     labels = ids - {IGNORE}
     if ids <= {0, 255} and IGNORE in ids and num_classes == 2:
-        return ("binary 0/255 masks: 255 means 'ignore', so every foreground pixel would be ignored; "
+        return ("255 means 'ignore', so with 2 classes every foreground pixel would be ignored; "
                 "convert with --remap remap.txt holding the line '255 1'")
     if labels and 0 in labels and max(labels) == num_classes:
         lines = one_based_remap(num_classes)
@@ -144,7 +144,7 @@ class DatasetChecker:
             return [0.0] * self.num_classes
         freq = np.where(present, counts / np.maximum(seen, 1), 0.0)
         median = float(np.median(freq[present]))
-        return [round(median / f, 4) if f > 0 else 0.0 for f in freq]
+        return [round(float(median / f), 4) if f > 0 else 0.0 for f in freq]
 
     def blocking(self):
         """The findings that would train garbage: conversion stops on these unless --force."""
@@ -159,8 +159,8 @@ class DatasetChecker:
         if (self.binary_0_255 and not self.has_other_ids and not self.binary_0_1 and self.num_classes == 2
                 and not self.pixel_counts[1]):
             found.append(Finding(ERROR, "binary_0_255",
-                                 f"all {len(self.binary_0_255)} masks are binary 0/255 (e.g. {self.binary_0_255[0]}) "
-                                 f"with 2 classes: {remap_hint({0, 255}, 2)}"))
+                                 f"all {len(self.binary_0_255)} masks hold only 0 and 255 (e.g. "
+                                 f"{self.binary_0_255[0]}): {remap_hint({0, 255}, 2)}"))
         return found
 
     def findings(self):

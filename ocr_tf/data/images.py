@@ -17,17 +17,20 @@ by the data doctor (`ocr_tf.data.check`) and by `ocr_tf.predict`.
   table (class colours given in classes.txt as `name R G B`) maps each colour to its class.
 """
 
+import collections
 import io
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ocr_tf.errors import UserError
 
-# Pillow would otherwise fill a cut-off file with grey and carry on.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
-
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+# An image ready for a record: the bytes to store, (width, height), bits per channel of the file,
+# and for 16-bit files the brightest 8-bit value after scaling (the data doctor flags dark ones).
+Encoded = collections.namedtuple("Encoded", "data size bit_depth peak")
 
 
 class ImageReadError(UserError):
@@ -40,6 +43,22 @@ class ColourMaskError(UserError):
     def __init__(self, message, colours=()):
         super().__init__(message)
         self.colours = list(colours)
+
+
+def sniff_format(data):
+    """'png' or 'jpeg' from the first bytes of an encoded image, else None."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    return None
+
+
+def encode_png(array):
+    """uint8 HxW or HxWx3 array -> PNG bytes (fast compression: decode speed does not depend on it)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(array, np.uint8)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
 
 
 def _decode(data, path, what):
@@ -126,20 +145,19 @@ def read_image(path, exif=True):
 
 
 def encoded_image(path):
-    """(bytes to store, (width, height), bit depth) for an image file, decoded in full first.
+    """`Encoded(data, size, bit_depth, peak)` of an image file, decoded in full first.
 
     The file's own bytes when it is an 8-bit PNG or JPEG in RGB or grey (exact pixels, no
     re-encoding); otherwise a PNG of `read_image(path, exif=False)` (16-bit scaled to 8-bit,
     palette/RGBA/CMYK to RGB).
     """
-    from ocr_tf.data import records  # TensorFlow only when converting
-
     data = _read_bytes(path, "image")
     image = _decode(data, path, "image")
     depth = bit_depth(image, data)
-    if records.sniff_format(data) is not None and image.mode in ("RGB", "L") and depth == 8:
-        return data, image.size, depth
-    return records.encode_png(_to_rgb8(image, path, data)), image.size, depth
+    if sniff_format(data) is not None and image.mode in ("RGB", "L") and depth == 8:
+        return Encoded(data, image.size, depth, None)
+    rgb = _to_rgb8(image, path, data)
+    return Encoded(encode_png(rgb), image.size, depth, int(rgb.max(initial=0)) if depth == 16 else None)
 
 
 def colour_counts(rgb, limit=None):

@@ -23,6 +23,9 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from ocr_tf.data.images import encode_png, sniff_format  # noqa: F401 (part of this module's API)
+from ocr_tf.errors import UserError
+
 IMAGE_KEY = "image/encoded"
 IMAGE_FORMAT_KEY = "image/format"
 HEIGHT_KEY = "image/height"
@@ -45,7 +48,6 @@ FEATURES = {
 log = logging.getLogger(__name__)
 
 
-from ocr_tf.errors import UserError
 
 
 class RecordError(UserError):
@@ -62,22 +64,6 @@ def _bytes(value):
 
 def _int64(value):
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-
-
-def sniff_format(data):
-    """'png' or 'jpeg' from the first bytes of an encoded image, else None."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    return None
-
-
-def encode_png(array):
-    """uint8 HxW or HxWx3 array -> PNG bytes (fast compression: decode speed does not depend on it)."""
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(array, np.uint8)).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
 
 
 def encode_jpeg(array, quality=95):
