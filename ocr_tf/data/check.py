@@ -51,14 +51,14 @@ def remap_hint(raw_ids, num_classes):
     if ids <= {0, 255} and IGNORE in ids and num_classes == 2:
         return ("255 means 'ignore', so with 2 classes every foreground pixel would be ignored; "
                 "convert with --remap remap.txt holding the line '255 1'")
-    if labels and 0 in labels and max(labels) == num_classes:
-        lines = one_based_remap(num_classes)
-        shown = "', '".join(lines[:3]) + ("', ... '" + lines[-1] if len(lines) > 3 else "")
-        return (f"ids look 1-based (0 = unlabelled, 1..{num_classes} = classes): convert with --remap "
-                f"remap.txt holding the lines '{shown}'")
     if labels <= {0, 1} and num_classes == 1:
         return ("binary 0/1 masks but classes.txt lists one class: add a first line 'background' to "
                 "classes.txt (0 = background, 1 = your class)")
+    if labels and 0 in labels and max(labels) == num_classes:
+        lines = one_based_remap(num_classes)
+        shown = "', '".join(lines) if len(lines) <= 6 else "', '".join(lines[:3]) + "', ... '" + lines[-1]
+        return (f"ids look 1-based (0 = unlabelled, 1..{num_classes} = classes): convert with --remap "
+                f"remap.txt holding the lines '{shown}'")
     return ""
 
 
@@ -287,13 +287,18 @@ def check_records(pattern, num_classes=None, limit=None, progress=False):
     """Findings for converted shards: damaged shards (named), undecodable records, label ids
     outside 0..K-1/255, size mismatches, 16-bit images, duplicates, class statistics.
     `num_classes` defaults to the one in `<split>-info.json`."""
+    import glob
     import json
 
     import numpy as np
 
+    from ocr_tf.errors import MissingFileError, UserError
+
+    if "://" not in str(pattern) and not glob.glob(str(pattern)) and not os.path.exists(pattern):
+        raise MissingFileError(f"no TFRecord files match {str(pattern)!r} (and it is not a folder with "
+                               "images/ and masks/)")  # said before TensorFlow is imported: fast
     from ocr_tf.data import images, records
     from ocr_tf.data.pipeline import list_files
-    from ocr_tf.errors import UserError
 
     files = list_files(pattern)
     names = None
