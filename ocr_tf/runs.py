@@ -9,7 +9,9 @@ Running `python -m ocr_tf.train` again with the same folder:
   are, and exits 0 (a finished folder from before run.json existed is recognised by its
   checkpoints and the absence of a backup);
 * `--new-run`: the old folder is moved aside to `<run>.previous-<UTC time>` (nothing is
-  deleted) and a new run starts in an empty folder.
+  deleted) and a new run starts in an empty folder. The move happens only once the config,
+  data and model are checked, so a failing command never leaves the old run moved. (In a
+  multi-worker run give a new `output.dir` instead: workers may read the old folder first.)
 
 The best checkpoint is one set: `checkpoints/best.weights.h5`, `best.keras` and `best.json`,
 where `best.json` is the manifest, written last, naming the run and the SHA-256 of the other
@@ -72,29 +74,14 @@ def status(run_dir):
     return FRESH
 
 
-def chief_from_env():
-    """Whether this process is the chief of a multi-worker run per TF_CONFIG (True without one):
-    the chief writes the run folder. Read before TensorFlow is imported (a finished run exits
-    without it)."""
-    try:
-        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    except ValueError:
-        return True
-    task = config.get("task") or {}
-    cluster = config.get("cluster") or {}
-    if not task:
-        return True
-    if task.get("type") == "chief":
-        return True
-    return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and "chief" not in cluster
-
-
 class RunPlan:
-    """What `prepare` decided: `action` (FRESH/RESUME/FINISHED), the `run_id`, `moved_to` (where
-    --new-run put the old folder) and, for a finished run, its `state`."""
+    """What `prepare` decided: `action` (FRESH/RESUME/FINISHED), the `run_id`, whether an existing
+    run must be moved aside first (`new_run`), and, for a finished run, its `state`. `moved_to`
+    is set by `start` when it moved one."""
 
-    def __init__(self, action, run_id, moved_to=None, state=None):
-        self.action, self.run_id, self.moved_to, self.state = action, run_id, moved_to, state or {}
+    def __init__(self, action, run_id, new_run=False, state=None):
+        self.action, self.run_id, self.new_run, self.state = action, run_id, new_run, state or {}
+        self.moved_to = None
 
 
 def move_aside(run_dir):
@@ -108,22 +95,17 @@ def move_aside(run_dir):
     return target
 
 
-def prepare(run_dir, new_run=False, chief=True):
-    """Decide how a training command uses `run_dir` before anything is built.
+def prepare(run_dir, new_run=False):
+    """Decide how a training command uses `run_dir`; reads only (call it before anything heavy).
 
     Args:
       run_dir: the run folder (`output.dir`).
-      new_run: start over: an existing run (finished or not) is moved aside first.
-      chief: whether this process writes the run folder (in a multi-worker run only the chief
-        moves folders; the others only read).
+      new_run: start over: `start` moves an existing run (finished or not) aside first.
     Returns a RunPlan. A FINISHED plan means: do not train, report `plan.state`.
     """
     current = status(run_dir)
     if new_run:
-        moved = None
-        if chief and os.path.isdir(run_dir) and os.listdir(run_dir):
-            moved = move_aside(run_dir)
-        return RunPlan(FRESH, uuid.uuid4().hex[:12], moved)
+        return RunPlan(FRESH, uuid.uuid4().hex[:12], new_run=True)
     if current == FINISHED:
         return RunPlan(FINISHED, read_state(run_dir).get("run_id"), state=finished_state(run_dir))
     if current == RESUME:
@@ -132,7 +114,10 @@ def prepare(run_dir, new_run=False, chief=True):
 
 
 def start(run_dir, plan):
-    """Mark the run as running (chief only); keeps the first start time of a resumed run."""
+    """Chief only, once the data and model are known good: move an old run aside for --new-run
+    (`plan.moved_to`), then mark the run as running (a resumed run keeps its first start time)."""
+    if plan.new_run and os.path.isdir(run_dir) and os.listdir(run_dir):
+        plan.moved_to = move_aside(run_dir)
     os.makedirs(run_dir, exist_ok=True)
     state = read_state(run_dir)
     state.update({"run_id": plan.run_id, "status": "running", "started": state.get("started") or _now()})

@@ -262,7 +262,7 @@ def run(cfg, log=print, new_run=False):
     """
     from ocr_tf import runs
 
-    plan = runs.prepare(cfg.output.dir, new_run, chief=runs.chief_from_env())
+    plan = runs.prepare(cfg.output.dir, new_run)
     if plan.action == runs.FINISHED:
         return {"already_finished": runs.describe_finished(cfg.output.dir, plan.state), "run_dir": cfg.output.dir}
 
@@ -293,12 +293,11 @@ def run(cfg, log=print, new_run=False):
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     log_dir = os.path.join(run_dir, "logs")
     if chief:
+        runs.start(run_dir, plan)  # --new-run: the old run is moved aside only now, all checks passed
         if plan.moved_to:
             log(f"--new-run: moved the previous run to {plan.moved_to}")
-        os.makedirs(run_dir, exist_ok=True)
         for path in remove_stale(run_dir, recursive=True):
             log(f"Removed a temporary left by a killed process: {path}")
-        runs.start(run_dir, plan)
         from ocr_tf.config import dump_config
 
         dump_config(cfg, os.path.join(run_dir, "config.yaml"))

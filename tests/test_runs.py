@@ -123,12 +123,12 @@ def test_new_run_moves_the_old_run_aside(tmp_path):
     run_dir = tmp_path / "run"
     _finished_run(run_dir)
     plan = runs.prepare(str(run_dir), new_run=True)
-    assert plan.action == runs.FRESH and not run_dir.exists()
+    assert plan.action == runs.FRESH and run_dir.exists()  # prepare only reads
+    runs.start(str(run_dir), plan)
     assert os.path.basename(plan.moved_to).startswith("run.previous-")
     assert (tmp_path / os.path.basename(plan.moved_to) / "checkpoints" / "best.keras").read_bytes() == b"model"
-    # a non-chief worker never moves folders
-    _finished_run(run_dir, "def")
-    assert runs.prepare(str(run_dir), new_run=True, chief=False).moved_to is None and run_dir.exists()
+    assert os.listdir(run_dir) == ["run.json"]
+    assert json.loads((run_dir / "run.json").read_text())["run_id"] == plan.run_id != "abc"
 
 
 def test_best_set_manifest_catches_files_of_another_step_or_run(tmp_path):
@@ -143,55 +143,62 @@ def test_best_set_manifest_catches_files_of_another_step_or_run(tmp_path):
                                           "(another step or run)"]
 
 
-def test_chief_from_tf_config(monkeypatch):
-    monkeypatch.delenv("TF_CONFIG", raising=False)
-    assert runs.chief_from_env()
-    cluster = {"worker": ["a:1", "b:1"]}
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
-    assert runs.chief_from_env()
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
-    assert not runs.chief_from_env()
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"chief": ["c:1"], **cluster},
-                                                "task": {"type": "worker", "index": 0}}))
-    assert not runs.chief_from_env()
-
-
 # ------------------------------------------------------------------------------ the train command
 
 
+def test_rerun_of_a_finished_run_is_reported_without_tensorflow(tmp_path, capsys):
+    from ocr_tf.train import main
+
+    run_dir = tmp_path / "run"
+    _finished_run(run_dir)
+    stamps = {p: os.stat(p).st_mtime_ns for p in (run_dir / "checkpoints").iterdir()}
+    assert main(["--output-dir", str(run_dir), "--set", "data.num_classes=8"]) == 0
+    out = capsys.readouterr().out
+    assert f"Run {run_dir} is already finished" in out and "best validation mIoU 50.00% at step 6" in out
+    assert f"model (.keras): {run_dir / 'checkpoints' / 'best.keras'}" in out and "--new-run" in out
+    assert {p: os.stat(p).st_mtime_ns for p in stamps} == stamps  # nothing touched
+    code = ("import sys; from ocr_tf.train import main; s = main(sys.argv[1:]); "
+            "print('tensorflow loaded:', 'tensorflow' in sys.modules); sys.exit(s)")
+    result = subprocess.run([sys.executable, "-c", code, "--output-dir", str(run_dir)], capture_output=True,
+                            text=True, cwd=ROOT)
+    assert result.returncode == 0 and "tensorflow loaded: False" in result.stdout, result.stderr[-2000:]
+
+
+def test_new_run_that_fails_its_checks_leaves_the_old_run_in_place(tmp_path, capsys):
+    from ocr_tf.train import main
+
+    run_dir = tmp_path / "run"
+    _finished_run(run_dir)
+    args = ["--output-dir", str(run_dir), "--new-run", "--set", "data.dataset=cityscapes", "data.num_classes=19",
+            f"data.train={tmp_path}/nope-*.tfrecord"]
+    assert main(args) == 2
+    assert "no TFRecord files match" in capsys.readouterr().err
+    assert runs.status(str(run_dir)) == runs.FINISHED and not any(p.name.startswith("run.previous")
+                                                                   for p in tmp_path.iterdir())
+
+
 @pytest.mark.slow
-def test_rerun_of_a_finished_run_reports_it_and_new_run_starts_over(tmp_path, capsys, dead_pid, demo_cache):
+def test_a_finished_run_holds_one_best_set_and_is_not_retrained(tmp_path, capsys, dead_pid, demo_cache):
     from ocr_tf.train import main
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / f"training_log.csv.tmp-{dead_pid}").write_text("left by a killed run")
-    args = tiny_overrides(str(run_dir), iterations=4, steps_per_epoch=2)
+    args = tiny_overrides(str(run_dir), iterations=2, steps_per_epoch=2, extra=["data.val_steps=1"])
     assert main(args) == 0
-    assert not (run_dir / f"training_log.csv.tmp-{dead_pid}").exists()
+    assert not (run_dir / f"training_log.csv.tmp-{dead_pid}").exists()  # cleaned by the next run
     ckpt = run_dir / "checkpoints"
     state = json.loads((run_dir / "run.json").read_text())
     best = json.loads((ckpt / "best.json").read_text())
     assert state["status"] == "finished" and best["run_id"] == state["run_id"]
+    assert set(best["files"]) == {"best.weights.h5", "best.keras"}
     assert runs.verify_best_set(str(ckpt)) == []  # best.weights.h5 and best.keras: this run's set
     stamps = {n: os.stat(ckpt / n).st_mtime_ns for n in ("best.weights.h5", "best.keras", "best.json")}
     capsys.readouterr()
-
     assert main(args) == 0  # finished: reported, nothing trained or overwritten
     out = capsys.readouterr().out
-    assert f"Run {run_dir} is already finished" in out and "best validation mIoU" in out
-    assert f"at step {best['step']}" in out and str(ckpt / "best.keras") in out
+    assert f"Run {run_dir} is already finished" in out and f"at step {best['step']}" in out
     assert {n: os.stat(ckpt / n).st_mtime_ns for n in stamps} == stamps
-
-    assert main(args + ["--new-run"]) == 0
-    out = capsys.readouterr().out
-    previous = [n for n in os.listdir(tmp_path) if n.startswith("run.previous-")]
-    assert len(previous) == 1 and f"moved the previous run to {tmp_path / previous[0]}" in out
-    assert json.loads((tmp_path / previous[0] / "run.json").read_text())["run_id"] == state["run_id"]
-    new_state = json.loads((run_dir / "run.json").read_text())
-    assert new_state["run_id"] != state["run_id"] and new_state["status"] == "finished"
-    assert json.loads((ckpt / "best.json").read_text())["run_id"] == new_state["run_id"]
-    assert runs.verify_best_set(str(ckpt)) == []
 
 
 @pytest.mark.slow
