@@ -30,6 +30,7 @@ import tensorflow as tf
 from PIL import Image
 from tqdm import tqdm
 
+from ocr_tf.errors import MissingFileError
 from ocr_tf.metrics import ConfusionMatrix, miou_from_confusion
 from ocr_tf.preprocessing import IGNORE_LABEL, normalize_image
 from ocr_tf.visualize import save_png
@@ -182,7 +183,7 @@ def evaluate_model(
 
     files = sorted(glob.glob(data))
     if not files:
-        raise FileNotFoundError(f"--data: no TFRecord files match {data!r}.")
+        raise MissingFileError(f"--data: no TFRecord files match {data!r}.")
     run = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     tables = label_tables(dataset)
     names = tf.data.Dataset.from_tensor_slices(files)
@@ -197,6 +198,7 @@ def evaluate_model(
         records_ds = records_ds.take(limit)
     cm = ConfusionMatrix(num_classes, ignore_label)
     written = set()
+    records_ds = records.iterate_naming_damaged_shards(records_ds, files)  # a bad shard is named
     for index, (image, label, sid) in enumerate(tqdm(records_ds, desc="evaluating", total=limit, disable=not progress)):
         pred = predict_labels(run, normalize_image(image)[None], num_classes=num_classes, **(inference or {}))[0]
         pred = pred.numpy()

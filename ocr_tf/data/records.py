@@ -424,3 +424,9 @@ def naming_damaged_shards(files):
         if not damaged:
             raise
         raise RecordError("; ".join(damaged.values())) from None
+
+
+def iterate_naming_damaged_shards(dataset, files):
+    """Iterate `dataset` (read from `files`) under `naming_damaged_shards`."""
+    with naming_damaged_shards(files):
+        yield from dataset
