@@ -103,6 +103,8 @@ def convert_split(module, info, label_map, root, out, split, records_per_shard=1
         except (UserError, OSError) as e:
             return None, str(e)
 
+    if not force:
+        _preflight(pairs, table, known, info, colour_table)
     os.makedirs(out, exist_ok=True)
     remove_stale(out)
     with records.ShardedWriter(out, split, shards, info.num_classes, info.class_names,
@@ -134,6 +136,23 @@ def convert_split(module, info, label_map, root, out, split, records_per_shard=1
                                     "labelled pixels of the images containing c",
         })
     return writer.info()
+
+
+def _preflight(pairs, table, known, info, colour_table, sample=16):
+    """Stop before converting anything when the first `sample` masks already show a data set
+    that would train garbage (0/255 masks with 2 classes); the full check runs at the end too."""
+    checker = check.DatasetChecker(info.num_classes, info.class_names)
+    for _, _, mask_path in pairs[:sample]:
+        if mask_path is None:
+            return
+        try:
+            raw = images.read_mask(mask_path, colour_table)
+        except UserError:
+            return  # the conversion itself names the file
+        checker.add(mask_path, mask_path=mask_path, raw_mask=raw, label=table[raw])
+    blocking = [f for f in checker.blocking() if f.kind == "binary_0_255"]
+    if blocking:
+        raise ConversionError(blocking[0].message.replace("all ", "the first ", 1) + " (--force converts as is)")
 
 
 class _Locked:
