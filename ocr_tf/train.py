@@ -22,10 +22,9 @@ import shutil
 import sys
 import time
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo", "default.yaml")
-
-
 from ocr_tf.errors import UserError
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo", "default.yaml")
 
 
 class DataError(UserError):

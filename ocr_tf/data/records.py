@@ -149,7 +149,7 @@ class ShardedWriter:
     def __init__(self, out_dir, split, num_shards, num_classes=None, class_names=None, extra_info=None,
                  overwrite=False):
         if num_shards < 1:
-            raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+            raise UserError(f"num_shards must be >= 1, got {num_shards} (--shards)")
         os.makedirs(out_dir, exist_ok=True)
         self.existing = sorted(glob.glob(os.path.join(glob.escape(out_dir), f"{split}-*-of-*.tfrecord")))
         if self.existing and not overwrite:
