@@ -217,6 +217,10 @@ def main(argv=None):
                              "are, mask ids outside the class list as ignore (listed in the summary)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    for flag, value in (("--records-per-shard", args.records_per_shard), ("--shards", args.shards),
+                        ("--workers", args.workers)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
 
     module = get_module(args.dataset)
     options = {}
