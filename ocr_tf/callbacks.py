@@ -120,8 +120,9 @@ class BestCheckpoint(keras.callbacks.Callback):
     `resume=True` continues an interrupted run (its best so far stays the bar to beat); a
     fresh run in the same folder overwrites the old files at its first epoch."""
 
-    def __init__(self, network, directory, monitor="val_miou", resume=False):
+    def __init__(self, network, directory, monitor="val_miou", resume=False, run_id=None):
         super().__init__()
+        self.run_id = run_id  # named in best.json, the manifest of the best set (ocr_tf.runs)
         self.network = network
         self.directory = directory
         self.monitor = monitor
@@ -143,9 +144,12 @@ class BestCheckpoint(keras.callbacks.Callback):
             return
         self.best = float(value)
         _atomic_save_weights(self.network, self.best_path)
-        _atomic_json(
-            self.info_path,
+        from ocr_tf.runs import write_best_manifest  # best.json last: it names the weights by hash
+
+        write_best_manifest(
+            self.directory,
             {self.monitor: self.best, "epoch": epoch + 1, "step": int(self.model.optimizer.iterations.numpy())},
+            self.run_id,
         )
 
 

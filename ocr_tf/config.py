@@ -8,6 +8,7 @@ one, and values are type-checked, so a typo never silently falls back to a defau
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,11 +16,15 @@ from typing import Any, Optional
 
 import yaml
 
-from ocr_tf.errors import UserError
+from ocr_tf.errors import MissingFileError, UserError
 
 
 class ConfigError(UserError):
-    """A config file or override that does not match the schema."""
+    """A config file or override that does not match the schema (or a value out of range)."""
+
+
+class MissingConfigError(ConfigError, MissingFileError):
+    """The config file named does not exist."""
 
 
 @dataclass
@@ -102,9 +107,76 @@ STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = (None, "float16", "bfloat16")
 
 
-def _suggest(key, valid):
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+# Names other trainers (mmseg, HRNet-OCR, timm, Keras, Lightning...) use for our keys. A key found
+# here points at ours instead of at a far fuzzy match ('learning_rate' is not 'strategy').
+ALIASES = {
+    "learning_rate": "train.lr", "lr_rate": "train.lr", "base_lr": "train.lr", "init_lr": "train.lr",
+    "initial_lr": "train.lr", "max_lr": "train.lr",
+    "epochs": "train.iterations", "num_epochs": "train.iterations", "max_epochs": "train.iterations",
+    "end_epoch": "train.iterations", "max_iter": "train.iterations", "max_iters": "train.iterations",
+    "max_steps": "train.iterations", "total_steps": "train.iterations", "num_steps": "train.iterations",
+    "steps": "train.iterations", "iters": "train.iterations",
+    "batch": "train.batch_size", "bs": "train.batch_size", "batch_size_per_gpu": "train.batch_size",
+    "images_per_gpu": "train.batch_size", "samples_per_gpu": "train.batch_size",
+    "train_batch_size": "train.batch_size",
+    "wd": "train.weight_decay", "decay": "train.weight_decay", "l2": "train.weight_decay",
+    "lr_power": "train.power", "poly_power": "train.power",
+    "warmup": "train.warmup_steps", "warmup_iters": "train.warmup_steps", "warmup_epochs": "train.warmup_steps",
+    "warmup_ratio": "train.warmup_factor",
+    "amp": "train.mixed_precision", "fp16": "train.mixed_precision", "precision": "train.mixed_precision",
+    "distribution": "train.strategy", "distribute": "train.strategy",
+    "crop": "data.crop_size", "image_size": "data.crop_size", "input_size": "data.crop_size",
+    "img_size": "data.crop_size", "train_size": "data.crop_size",
+    "classes": "data.num_classes", "n_classes": "data.num_classes", "nclass": "data.num_classes",
+    "num_class": "data.num_classes", "nclasses": "data.num_classes",
+    "ignore_index": "data.ignore_label", "ignore_idx": "data.ignore_label", "ignore": "data.ignore_label",
+    "scale": "data.scale_range", "scales": "data.scale_range", "scale_factor": "data.scale_range",
+    "multi_scale": "data.scale_range", "ratio_range": "data.scale_range",
+    "train_data": "data.train", "train_files": "data.train", "train_set": "data.train",
+    "val_data": "data.val", "val_files": "data.val", "val_set": "data.val",
+    "dataset_name": "data.dataset",
+    "aux_loss_weight": "loss.aux_weight", "aux_weights": "loss.aux_weight",
+    "ohem_thres": "loss.ohem_threshold", "ohem_thresh": "loss.ohem_threshold",
+    "ohem_keep": "loss.ohem_min_kept", "min_kept": "loss.ohem_min_kept",
+    "use_ohem": "loss.ohem",
+    "arch": "model.name", "model_name": "model.name", "architecture": "model.name",
+    "output_dir": "output.dir", "out_dir": "output.dir", "save_dir": "output.dir",
+    "work_dir": "output.dir", "log_dir": "output.dir", "checkpoint_dir": "output.dir",
+}
+ALIAS_NOTES = {
+    "train.iterations": " (ocr_tf counts optimizer steps: iterations = epochs x images / batch_size)",
+    "train.warmup_steps": " (in optimizer steps)",
+}
+
+
+def _suggest(where, valid, all_keys=()):
+    """'; did you mean X?' for an unknown dotted key: a known alias first, then the same name in
+    another section, then a close match of the key's own name within its section."""
+    name = where.rsplit(".", 1)[-1]
+    target = ALIASES.get(name.lower())
+    if target is not None:
+        return f"; did you mean '{target}'?{ALIAS_NOTES.get(target, '')}"
+    elsewhere = [k for k in all_keys if k.rsplit(".", 1)[-1] == name and k != where]
+    if elsewhere:
+        return f"; '{name}' belongs in another section: did you mean '{elsewhere[0]}'?"
+    names = {v.rsplit(".", 1)[-1]: v for v in valid}
+    lower = {n.lower(): v for n, v in names.items()}
+    if name.lower() in lower:
+        return f"; did you mean '{lower[name.lower()]}'?"
+    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
+    return f"; did you mean '{names[close[0]]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+
+
+def _all_keys(cls=None, prefix=""):
+    """Every dotted key of the schema (for 'belongs in another section')."""
+    keys = []
+    hints = typing.get_type_hints(cls or Config)
+    for f in dataclasses.fields(cls or Config):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += _all_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
 
 
 def _check_type(value, annotation, where):
@@ -141,7 +213,7 @@ def _build(cls, data, prefix, source):
         where = f"{prefix}{key}"
         if key not in fields:
             valid = [f"{prefix}{name}" for name in fields]
-            raise ConfigError(f"unknown config key '{where}' in {source}{_suggest(where, valid)}")
+            raise ConfigError(f"unknown config key '{where}' in {source}{_suggest(where, valid, _all_keys())}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, f"{where}.", source)
@@ -150,7 +222,29 @@ def _build(cls, data, prefix, source):
     return cls(**kwargs)
 
 
+def _require(ok, key, expected, value, source):
+    """ConfigError '<key> must be <expected>, got <value> (<source>)' unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{key} must be {expected}, got {value!r} ({source}).")
+
+
+def _finite(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _pair(value, key, source, positive_int=True):
+    _require(isinstance(value, list) and len(value) == 2, key, "a list of two numbers [height, width]",
+             value, source)
+    for v in value:
+        if positive_int:
+            _require(isinstance(v, int) and not isinstance(v, bool) and v >= 1, key,
+                     "two whole numbers >= 1 (pixels)", value, source)
+        else:
+            _require(_finite(v) and v > 0, key, "two numbers > 0", value, source)
+
+
 def _validate(config, source):
+    """Ranges, not just types: everything a typo or a sign error could get wrong, named."""
     t, d, lo = config.train, config.data, config.loss
     if t.strategy not in STRATEGIES:
         raise ConfigError(f"train.strategy must be one of {STRATEGIES}, got {t.strategy!r} ({source}).")
@@ -158,22 +252,65 @@ def _validate(config, source):
         raise ConfigError(
             f"train.mixed_precision must be one of float16, bfloat16 or null, got {t.mixed_precision!r} ({source})."
         )
+    _require(bool(config.model.name.strip()), "model.name", "a model name (python -m ocr_tf.models lists them)",
+             config.model.name, source)
     for name in ("batch_size", "iterations", "steps_per_epoch", "backup_every_steps", "steps_per_execution"):
-        if getattr(t, name) < 1:
-            raise ConfigError(f"train.{name} must be >= 1, got {getattr(t, name)} ({source}).")
+        _require(getattr(t, name) >= 1, f"train.{name}", ">= 1", getattr(t, name), source)
     if t.warmup_steps < 0 or t.warmup_steps >= t.iterations:
         raise ConfigError(f"train.warmup_steps must be in [0, iterations), got {t.warmup_steps} ({source}).")
+    _require(_finite(t.lr) and t.lr > 0, "train.lr", "> 0 (e.g. 0.01)", t.lr, source)
+    _require(_finite(t.momentum) and 0 <= t.momentum < 1, "train.momentum", "in [0, 1) (e.g. 0.9)",
+             t.momentum, source)
+    _require(_finite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", ">= 0 (e.g. 5e-4)",
+             t.weight_decay, source)
+    _require(_finite(t.power) and t.power > 0, "train.power", "> 0 (the poly schedule's exponent, e.g. 0.9)",
+             t.power, source)
+    _require(_finite(t.warmup_factor) and 0 < t.warmup_factor <= 1, "train.warmup_factor", "in (0, 1]",
+             t.warmup_factor, source)
+    _require(_finite(t.head_lr_multiplier) and t.head_lr_multiplier > 0, "train.head_lr_multiplier", "> 0",
+             t.head_lr_multiplier, source)
+    _require(all(isinstance(k, str) and k for k in t.head_layers), "train.head_layers",
+             "a list of top-level layer names", t.head_layers, source)
+    _require(t.seed >= 0, "train.seed", ">= 0", t.seed, source)
+    _require(t.tensorboard_images >= 0, "train.tensorboard_images", ">= 0", t.tensorboard_images, source)
+    _require(t.verbose in (0, 1, 2), "train.verbose", "0, 1 or 2", t.verbose, source)
+
+    _require(0 <= d.ignore_label <= 255, "data.ignore_label", "in 0..255 (labels are stored as 8-bit PNG)",
+             d.ignore_label, source)
     if d.num_classes < 1:
         raise ConfigError(f"data.num_classes must be >= 1, got {d.num_classes} ({source}).")
-    if len(d.crop_size) != 2 or len(d.scale_range) != 2:
-        raise ConfigError(f"data.crop_size and data.scale_range take two numbers each ({source}).")
+    _require(d.num_classes <= d.ignore_label, "data.num_classes",
+             f"<= data.ignore_label ({d.ignore_label}): class ids and the ignore id share 8 bits",
+             d.num_classes, source)
+    _pair(d.crop_size, "data.crop_size", source)
+    _pair(d.scale_range, "data.scale_range", source, positive_int=False)
+    _require(d.scale_range[0] <= d.scale_range[1], "data.scale_range", "[min, max] with min <= max",
+             d.scale_range, source)
+    if d.val_pad_to is not None:
+        _pair(d.val_pad_to, "data.val_pad_to", source)
+    _require(_finite(d.brightness) and d.brightness >= 0, "data.brightness", ">= 0 (a +- shift in 0..255)",
+             d.brightness, source)
+    _require(d.shuffle_buffer >= 0, "data.shuffle_buffer", ">= 0", d.shuffle_buffer, source)
+    _require(d.val_batch_size >= 1, "data.val_batch_size", ">= 1", d.val_batch_size, source)
+    _require(d.val_steps is None or d.val_steps >= 1, "data.val_steps", "null or >= 1", d.val_steps, source)
+
+    _require(_finite(lo.aux_weight) and lo.aux_weight >= 0, "loss.aux_weight", ">= 0 (the paper: 0.4)",
+             lo.aux_weight, source)
     if lo.class_weights is not None and len(lo.class_weights) != d.num_classes:
         raise ConfigError(
             f"loss.class_weights has {len(lo.class_weights)} entries but data.num_classes is "
             f"{d.num_classes} ({source})."
         )
-    if not 0.0 < lo.ohem_threshold <= 1.0 or lo.ohem_min_kept < 1:
-        raise ConfigError(f"loss.ohem_threshold must be in (0, 1] and loss.ohem_min_kept >= 1 ({source}).")
+    if lo.class_weights is not None:
+        bad = [i for i, w in enumerate(lo.class_weights) if not (_finite(w) and w >= 0)]
+        _require(not bad, "loss.class_weights", f"numbers >= 0 (entry {bad[0] if bad else ''} is not)",
+                 lo.class_weights[bad[0]] if bad else None, source)
+        _require(any(w > 0 for w in lo.class_weights), "loss.class_weights", "not all 0", lo.class_weights,
+                 source)
+    _require(_finite(lo.ohem_threshold) and 0 < lo.ohem_threshold < 1, "loss.ohem_threshold",
+             "in (0, 1) (a probability, [HR]: 0.9)", lo.ohem_threshold, source)
+    _require(lo.ohem_min_kept >= 1, "loss.ohem_min_kept", ">= 1", lo.ohem_min_kept, source)
+    _require(bool(config.output.dir.strip()), "output.dir", "a folder path", config.output.dir, source)
     return config
 
 
@@ -223,7 +360,9 @@ def load_config(path=None, overrides=()):
             with open(path) as f:
                 data = yaml.safe_load(f) or {}
         except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
+            raise MissingConfigError(f"config file not found: {path}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a folder; expected a YAML file") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     apply_overrides(data, overrides)

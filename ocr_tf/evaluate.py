@@ -184,9 +184,7 @@ def evaluate_model(
     `ocr_tf.inference.predict_logits` (mode, crop_size, scales, flip, flip_pairs, ...); a
     Segmenter's normalisation and align_corners are used unless `inference` says otherwise."""
     from ocr_tf.data import records
-    from ocr_tf.inference import predict_labels
-
-    from ocr_tf.inference import compiled_runner
+    from ocr_tf.inference import compiled_runner, predict_labels
 
     files = sorted(glob.glob(data))
     if not files:
@@ -207,6 +205,7 @@ def evaluate_model(
         records_ds = records_ds.take(limit)
     cm = ConfusionMatrix(num_classes, ignore_label)
     written = set()
+    records_ds = records.iterate_naming_damaged_shards(records_ds, files)  # a bad shard is named
     for index, (image, label, sid) in enumerate(tqdm(records_ds, desc="evaluating", total=limit, disable=not progress)):
         pred = predict_labels(run, normalize(image)[None], num_classes=num_classes, **inference)[0]
         pred = pred.numpy()

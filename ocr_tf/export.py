@@ -45,6 +45,7 @@ from ocr_tf.errors import MissingFileError, UserError
 from ocr_tf.layers.common import resize_bilinear
 from ocr_tf.preprocessing import normalize_image
 from ocr_tf.tflite_utils import check_builtin_only
+from ocr_tf.temporaries import remove_stale
 
 QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8", "int8_full")
 # Ops that quantize="int8" (float fallback allowed) keeps in float32. BATCH_MATMUL of two int8
@@ -174,6 +175,7 @@ def export_saved_model(
     """
     class_names = _check_class_names(model, class_names or getattr(model, "class_names", None))
     os.makedirs(export_dir, exist_ok=True)
+    remove_stale(export_dir)  # hidden .tmp-* folders of killed exports
     if version is None:
         version = _next_version(export_dir)
     version = int(version)
@@ -212,7 +214,7 @@ def export_saved_model(
     )
 
     # A name TF Serving ignores (not numeric), on the same filesystem so the rename is atomic.
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-{os.getpid()}-", dir=export_dir)
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the serving process may run as another user
     try:
         archive.write_out(tmp, verbose=False)
@@ -369,9 +371,10 @@ def export_tflite(
     )
     out_dir = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(out_dir, exist_ok=True)
+    remove_stale(out_dir)  # .tflite-export-* folders and *.tflite.tmp-<pid> of killed exports
     # Keras 3 models convert reliably through a SavedModel (from_concrete_functions keeps variable
     # reads, which break int8 calibration).
-    with tempfile.TemporaryDirectory(prefix=".tflite-export-", dir=out_dir) as saved:
+    with tempfile.TemporaryDirectory(prefix=f".tflite-export-{os.getpid()}-", dir=out_dir) as saved:
         archive.write_out(saved, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["serving_default"])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]

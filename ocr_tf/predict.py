@@ -32,9 +32,9 @@ import sys
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
+from ocr_tf.data import images
 from ocr_tf.errors import MissingFileError, UserError
 from ocr_tf.visualize import colorize, overlay, region_grid, save_png
 
@@ -68,12 +68,7 @@ def list_inputs(inputs):
 
 def read_image(path):
     """uint8 RGB (H, W, 3) with the EXIF orientation applied; ValueError if not an image."""
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            return np.array(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"{path}: not an image ({e.__class__.__name__}: {e})") from None
+    return images.read_image(path)  # 16-bit scaled, not clipped; truncated files named
 
 
 def is_saved_model(path):

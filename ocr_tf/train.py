@@ -254,16 +254,34 @@ def evaluate(network, cfg, info):
 # ------------------------------------------------------------------------------------- run
 
 
-def run(cfg, log=print):
-    """Train, evaluate, export as the config says. Returns a summary dict."""
+def run(cfg, log=print, new_run=False):
+    """Train, evaluate, export as the config says. Returns a summary dict.
+
+    Args:
+      cfg: a validated Config.
+      log: where progress lines go.
+      new_run: start over even if output.dir holds a run (moved aside first, see ocr_tf.runs).
+    A finished run in output.dir is not trained again: the summary is then
+    {"already_finished": the lines to print, "run_dir": ...}.
+    """
+    from ocr_tf import runs
+
+    plan = runs.prepare(cfg.output.dir, new_run)
+    if plan.action == runs.FINISHED:
+        return {"already_finished": runs.describe_finished(cfg.output.dir, plan.state), "run_dir": cfg.output.dir}
+
     import keras
 
     from ocr_tf.callbacks import BestCheckpoint, NaNStop, StepBackupAndRestore, TensorBoardExtras
+    from ocr_tf.data.pipeline import list_files
+    from ocr_tf.data.records import naming_damaged_shards
     from ocr_tf.distribute import get_strategy, is_chief, task_info
+    from ocr_tf.temporaries import remove_stale
 
     t, out = cfg.train, cfg.output
     start = time.time()
     info = resolve_data(cfg)
+    data_files = list_files(cfg.data.train) + (list_files(cfg.data.val) if cfg.data.val else [])
     if t.mixed_precision:
         keras.mixed_precision.set_global_policy(f"mixed_{t.mixed_precision}")
     strategy = get_strategy(t.strategy, t.tpu)
@@ -279,7 +297,11 @@ def run(cfg, log=print):
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     log_dir = os.path.join(run_dir, "logs")
     if chief:
-        os.makedirs(run_dir, exist_ok=True)
+        runs.start(run_dir, plan)  # --new-run: the old run is moved aside only now, all checks passed
+        if plan.moved_to:
+            log(f"--new-run: moved the previous run to {plan.moved_to}")
+        for path in remove_stale(run_dir, recursive=True):
+            log(f"Removed a temporary left by a killed process: {path}")
         from ocr_tf.config import dump_config
 
         dump_config(cfg, os.path.join(run_dir, "config.yaml"))
@@ -304,22 +326,25 @@ def run(cfg, log=print):
         csv_path = os.path.join(run_dir, "training_log.csv")
         if not step and os.path.exists(csv_path):
             os.remove(csv_path)  # a fresh run in an old folder; a resumed one appends
-        images, labels = sample_images(cfg.data.val, cfg.data.num_classes, t.tensorboard_images, cfg.data.ignore_label)
+        with naming_damaged_shards(data_files):
+            images, labels = sample_images(cfg.data.val, cfg.data.num_classes, t.tensorboard_images,
+                                           cfg.data.ignore_label)
         callbacks += [
-            BestCheckpoint(network, ckpt_dir, resume=step > 0),
+            BestCheckpoint(network, ckpt_dir, resume=step > 0, run_id=plan.run_id),
             keras.callbacks.CSVLogger(csv_path, append=True),
             keras.callbacks.TensorBoard(log_dir, update_freq="epoch", write_graph=False),
             TensorBoardExtras(log_dir, network, images, labels, info.palette, cfg.data.ignore_label, align_corners(cfg)),
         ]
     verbose = t.verbose if chief else 0
-    for initial_epoch, epochs, steps in plan_segments(step, t.iterations, t.steps_per_epoch):
-        trainer.fit(
-            train_ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-            validation_data=val_ds, validation_steps=val_steps, callbacks=callbacks, verbose=verbose,
-            shuffle=False,  # the tf.data pipeline shuffles
-        )
-        if nan_stop.message:
-            raise FloatingPointError(nan_stop.message)
+    with naming_damaged_shards(data_files):  # "corrupted record at 0" -> which shard
+        for initial_epoch, epochs, steps in plan_segments(step, t.iterations, t.steps_per_epoch):
+            trainer.fit(
+                train_ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                validation_data=val_ds, validation_steps=val_steps, callbacks=callbacks, verbose=verbose,
+                shuffle=False,  # the tf.data pipeline shuffles
+            )
+            if nan_stop.message:
+                raise FloatingPointError(nan_stop.message)
     train_seconds = time.time() - start
     summary = {"run_dir": run_dir, "steps": int(trainer.optimizer.iterations.numpy()), "train_seconds": train_seconds}
     if not chief:
@@ -329,15 +354,22 @@ def run(cfg, log=print):
 
     best = os.path.join(ckpt_dir, "best.weights.h5")
     if os.path.exists(best):
+        for problem in runs.verify_best_set(ckpt_dir):
+            log(f"warning: {problem}; using the weights file as it is")
         network.load_weights(best)
         with open(os.path.join(ckpt_dir, "best.json")) as f:
-            summary["best"] = json.load(f)
+            summary["best"] = {k: v for k, v in json.load(f).items() if k not in ("files", "run_id")}
     summary["checkpoint"] = best if os.path.exists(best) else os.path.join(ckpt_dir, "last.weights.h5")
     # The whole Segmenter as one file, so predict / export / evaluate need no model flags.
     final = make_segmenter(float32_network(network, cfg), cfg, info, summary)
     summary["keras_model"] = save_keras_model(final, os.path.join(ckpt_dir, "best.keras"))
+    # best.json last: the manifest naming best.weights.h5 and best.keras of this run, one set.
+    runs.write_best_manifest(
+        ckpt_dir, summary.get("best", {"val_miou": None, "step": summary["steps"], "source": "last weights "
+                                       "(no validation data)"}), plan.run_id, ("best.weights.h5", "best.keras"))
     if cfg.data.val:
-        summary["eval"] = evaluate(network, cfg, info)
+        with naming_damaged_shards(list_files(cfg.data.val)):
+            summary["eval"] = evaluate(network, cfg, info)
         summary["miou"] = summary["eval"]["miou"]
     summary["exports"] = export(final, cfg, info, log)
     if cfg.data.dataset == "demo":
@@ -346,6 +378,8 @@ def run(cfg, log=print):
         summary["demo_images"] = prepare_demo()["images"]  # a few validation PNGs to try predict on
     summary["logs"] = {"tensorboard": log_dir, "csv": os.path.join(run_dir, "training_log.csv")}
     summary["total_seconds"] = time.time() - start
+    runs.finish(run_dir, {k: summary[k] for k in ("best", "miou", "checkpoint", "keras_model", "exports", "steps")
+                          if k in summary})
     return summary
 
 

@@ -109,3 +109,95 @@ def test_recipes_match_the_references(dataset):
         assert rn.data.crop_size == [769, 769] and rn.train.batch_size == 8 and rn.train.iterations == 40000
         assert hr.loss.class_weights[0] == 0.8373 and hr.loss.class_weights[-1] == 1.0507
         assert len(hr.loss.class_weights) == 19
+
+
+# ---------------------------------------------------------------- ranges and aliases (issue 12)
+
+BASE = {"data": {"num_classes": 3}}
+
+
+@pytest.mark.parametrize("section, key, value, expected", [
+    ("train", "lr", -0.05, r"train\.lr must be > 0 .*got -0\.05"),
+    ("train", "lr", 0, r"train\.lr must be > 0"),
+    ("train", "lr", float("nan"), r"train\.lr must be > 0"),
+    ("train", "momentum", 1.0, r"train\.momentum must be in \[0, 1\)"),
+    ("train", "momentum", -0.1, r"train\.momentum must be in \[0, 1\)"),
+    ("train", "weight_decay", -1e-4, r"train\.weight_decay must be >= 0"),
+    ("train", "power", 0, r"train\.power must be > 0"),
+    ("train", "iterations", 0, r"train\.iterations must be >= 1, got 0"),
+    ("train", "batch_size", 0, r"train\.batch_size must be >= 1"),
+    ("train", "warmup_factor", 1.5, r"train\.warmup_factor must be in \(0, 1\]"),
+    ("train", "head_lr_multiplier", 0, r"train\.head_lr_multiplier must be > 0"),
+    ("train", "verbose", 3, r"train\.verbose must be 0, 1 or 2"),
+    ("data", "crop_size", [512], r"data\.crop_size must be a list of two numbers"),
+    ("data", "crop_size", [0, 512], r"data\.crop_size must be two whole numbers >= 1"),
+    ("data", "crop_size", [512.5, 512], r"data\.crop_size must be two whole numbers >= 1"),
+    ("data", "val_pad_to", [-1, 512], r"data\.val_pad_to must be two whole numbers >= 1"),
+    ("data", "scale_range", [0, 2.0], r"data\.scale_range must be two numbers > 0"),
+    ("data", "scale_range", [2.0, 0.5], r"data\.scale_range must be \[min, max\] with min <= max"),
+    ("data", "ignore_label", 300, r"data\.ignore_label must be in 0\.\.255"),
+    ("data", "ignore_label", 2, r"data\.num_classes must be <= data\.ignore_label \(2\)"),
+    ("data", "brightness", -5, r"data\.brightness must be >= 0"),
+    ("data", "val_steps", 0, r"data\.val_steps must be null or >= 1"),
+    ("loss", "ohem_threshold", 1.0, r"loss\.ohem_threshold must be in \(0, 1\)"),
+    ("loss", "ohem_threshold", 0.0, r"loss\.ohem_threshold must be in \(0, 1\)"),
+    ("loss", "ohem_min_kept", 0, r"loss\.ohem_min_kept must be >= 1"),
+    ("loss", "aux_weight", -0.4, r"loss\.aux_weight must be >= 0"),
+    ("loss", "class_weights", [1.0, -1.0, 1.0], r"loss\.class_weights must be numbers >= 0 \(entry 1"),
+    ("loss", "class_weights", [0, 0, 0], r"loss\.class_weights must be not all 0"),
+])
+def test_values_out_of_range_are_named_with_the_range(section, key, value, expected, tmp_path):
+    path = tmp_path / "run.yaml"
+    data = {"data": dict(BASE["data"])}
+    data.setdefault(section, {})[key] = value
+    import yaml
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=expected + r".*run\.yaml"):
+        load_config(path)
+
+
+def test_out_of_range_override_names_the_set_flag(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.lr must be > 0.*got -0\.05 \(defaults \+ --set .*train\.lr=-0\.05\)"):
+        load_config(None, ["data.num_classes=3", "train.lr=-0.05"])
+
+
+@pytest.mark.parametrize("key, ours", [
+    ("train.learning_rate", "train.lr"),
+    ("learning_rate", "train.lr"),
+    ("train.lr_rate", "train.lr"),
+    ("train.epochs", "train.iterations"),
+    ("epochs", "train.iterations"),
+    ("train.batch", "train.batch_size"),
+    ("data.batch_size", "train.batch_size"),
+    ("batch_size", "train.batch_size"),
+    ("train.max_iters", "train.iterations"),
+    ("data.ignore_index", "data.ignore_label"),
+    ("train.crop_size", "data.crop_size"),
+    ("output.output_dir", "output.dir"),
+])
+def test_known_aliases_point_at_our_key(key, ours):
+    data = {"data": {"num_classes": 3}}
+    node = data
+    *parents, name = key.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[name] = 1
+    with pytest.raises(ConfigError, match=rf"unknown config key '{key}' in <dict>.*did you mean '{ours}'\?"):
+        from_dict(data)
+
+
+def test_an_alias_is_not_a_far_fuzzy_match():
+    # Before: 'train.learning_rate' suggested 'train.strategy' (a shared 'train.' prefix and 'rate').
+    with pytest.raises(ConfigError) as e:
+        from_dict({"data": {"num_classes": 3}, "train": {"learning_rate": 0.1}})
+    assert "strategy" not in str(e.value)
+
+
+def test_config_errors_are_user_errors(tmp_path):
+    from ocr_tf.errors import MissingFileError, UserError
+
+    with pytest.raises(MissingFileError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="is a folder; expected a YAML file"):
+        load_config(tmp_path)
+    assert issubclass(ConfigError, UserError) and issubclass(ConfigError, ValueError)

@@ -25,30 +25,59 @@ def _has_gpu_driver():
     return bool(glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd"))
 
 
+class _QuietTensorFlowImport:
+    """A `sys.meta_path` finder that wraps TensorFlow's import (whenever a command first needs it)
+    with file descriptor 2 pointed at /dev/null. Commands that never need TensorFlow (--help, a
+    rerun of a finished run) never load it."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util
+
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def quiet_exec(module):
+            with _stderr_to_devnull():
+                exec_module(module)
+                module.config.list_physical_devices("GPU")  # cuInit's "UNKNOWN ERROR (303)" comes here
+
+        spec.loader.exec_module = quiet_exec
+        return spec
+
+
+class _stderr_to_devnull:
+    def __enter__(self):
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        self.devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(self.devnull, 2)
+
+    def __exit__(self, *exc):
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        os.close(self.devnull)
+
+
 def quiet_tensorflow():
-    """Import TensorFlow without its start-up noise on machines with no GPU.
+    """Load TensorFlow, when a command first imports it, without its start-up noise on machines
+    with no GPU.
 
     TF 2.21 writes its CUDA-stub and CPU-feature lines (and cuInit's "UNKNOWN ERROR (303)")
     from C++ before absl logging is set up, so TF_CPP_MIN_LOG_LEVEL cannot hide them; on a machine
     with no GPU driver we send file descriptor 2 to /dev/null while TensorFlow loads and looks
-    for devices, then restore it. Python exceptions still surface (they are raised after the
+    for devices, then restore it. Python exceptions still surface (they propagate after the
     restore). With a GPU nothing is hidden.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "tensorflow" in sys.modules or _has_gpu_driver():
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import tensorflow as tf
-
-        tf.config.list_physical_devices("GPU")
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    if not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
 
 
 def _error_line(e):

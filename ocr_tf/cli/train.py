@@ -25,6 +25,10 @@ def build_parser():
     p.add_argument("--mixed-precision", choices=("float16", "bfloat16"),
                    help="mixed precision compute; logits and loss stay float32")
     p.add_argument("--output-dir", help="run folder for checkpoints, backup and logs (output.dir)")
+    p.add_argument("--new-run", action="store_true",
+                   help="start over: move an existing run in the run folder (finished or not) to "
+                   "<folder>.previous-<time> first. Without it an unfinished run resumes and a finished "
+                   "one is reported, not retrained")
     return p
 
 
@@ -75,10 +79,13 @@ def main(args):
         fail(f"--config {config} not found.")
     cfg = load_config(config, overrides)
     try:
-        summary = run(cfg)
+        summary = run(cfg, new_run=args.new_run)
     except FloatingPointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    if "already_finished" in summary:
+        print(summary["already_finished"])
+        return 0
     if "eval" in summary or "exports" in summary:
         print_summary(summary)
     return 0

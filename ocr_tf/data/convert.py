@@ -11,16 +11,17 @@ and the class pixel counts/frequencies (derive class weights from it).
 
 import argparse
 import concurrent.futures
-import io
 import math
 import os
 import sys
+import threading
 
 import numpy as np
-from PIL import Image
 
+from ocr_tf.data import check, images
 from ocr_tf.data.datasets import base, get_module
-from ocr_tf.errors import UserError
+from ocr_tf.errors import MissingFileError, UserError
+from ocr_tf.temporaries import remove_stale
 
 DATASET_HELP = {
     "cityscapes": "leftImg8bit/ + gtFine/ (or gtCoarse/ with --coarse); labelIds -> trainIds "
@@ -39,87 +40,73 @@ DATASET_HELP = {
 
 
 class ConversionError(UserError):
-    """A source image/label pair that cannot be converted; names both files."""
+    """A source image/label pair (or a whole data set) that cannot be converted; names the files."""
 
 
 def encoded_image(path):
-    """Bytes to store for an image file: the file itself when PNG/JPEG in RGB or grey (exact
-    pixels, no re-encoding), else a PNG of its RGB conversion."""
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        img = Image.open(io.BytesIO(data))
-        size = img.size
-        mode = img.mode
-    except Exception as e:  # PIL raises several types for unreadable files
-        raise ConversionError(f"cannot read image {path}: {e}") from e
+    """(bytes to store, (width, height)) of an image file, decoded in full first (a truncated
+    file is an error naming it); see `ocr_tf.data.images.encoded_image`."""
+    encoded = images.encoded_image(path)
+    return encoded.data, encoded.size
+
+
+def convert_pair(source_id, image_path, label_path, table, known, checker=None, colour_table=None,
+                 force=False):
+    """-> (serialized tf.train.Example, mapped label or None), the pair's facts added to `checker`.
+
+    Ids outside the label map are an error naming them unless `force` (then they become ignore).
+    """
     from ocr_tf.data import records
 
-    fmt = records.sniff_format(data)
-    if fmt is not None and mode in ("RGB", "L"):
-        return data, size
-    return records.encode_png(np.asarray(img.convert("RGB"))), size
-
-
-def load_label(path, table, known):
-    """Read a single-channel label PNG and map it through `table`; unknown ids are an error."""
-    try:
-        img = Image.open(path)
-        img.load()
-    except Exception as e:
-        raise ConversionError(f"cannot read label {path}: {e}") from e
-    if img.mode not in ("L", "P", "I", "I;16", "1"):
-        raise ConversionError(f"label {path} is mode {img.mode}; expected single-channel class ids "
-                              "(a colour-coded mask must be converted to ids first)")
-    array = np.asarray(img)
-    if array.max(initial=0) > 255:
-        raise ConversionError(f"label {path} has ids above 255 (max {array.max()})")
-    array = array.astype(np.uint8)
-    present = np.bincount(array.ravel(), minlength=256) > 0
-    unknown = np.flatnonzero(present & ~known)
-    if unknown.size:
-        raise ConversionError(f"label {path} has ids {unknown.tolist()} outside the dataset's "
-                              f"label map (known ids: {np.flatnonzero(known).tolist()[:40]}...)")
-    return table[array], img.size
-
-
-def convert_pair(source_id, image_path, label_path, table, known):
-    """-> (serialized tf.train.Example, mapped label or None)."""
-    from ocr_tf.data import records
-
-    data, size = encoded_image(image_path)
-    label = None
-    if label_path is not None:
-        label, label_size = load_label(label_path, table, known)
-        if label_size != size:
-            raise ConversionError(f"size mismatch: image {image_path} is {size[0]}x{size[1]} (WxH) "
-                                  f"but label {label_path} is {label_size[0]}x{label_size[1]}")
-    return records.make_example(data, label, source_id).SerializeToString(), label
+    checker = checker or check.DatasetChecker(256)
+    encoded, label = check.inspect_pair(checker, image_path, label_path, table, known, colour_table)
+    unknown = checker.out_of_range.get(label_path) if label_path is not None else None
+    if unknown and not force:
+        hint = check.remap_hint(set(unknown) | {0}, checker.num_classes) if checker.num_classes < 256 else ""
+        raise ConversionError(f"label {label_path} has ids {unknown} outside the dataset's label map "
+                              f"(known ids: {np.flatnonzero(known).tolist()[:40]}...)"
+                              + (f"; {hint}" if hint else ""))
+    return records.make_example(encoded.data, label, source_id).SerializeToString(), label
 
 
 def convert_split(module, info, label_map, root, out, split, records_per_shard=100, num_shards=None,
-                  skip_bad=False, workers=4, progress=True, overwrite=False, **find_options):
-    """Convert one split; returns the info dict written to `<split>-info.json`."""
+                  skip_bad=False, workers=4, progress=True, overwrite=False, force=False, colour_table=None,
+                  **find_options):
+    """Convert one split; returns the info dict written to `<split>-info.json`.
+
+    Every image and mask is decoded in full and checked (`ocr_tf.data.check`): a pair that
+    cannot be used stops the conversion (or is skipped and listed with `skip_bad`); after the
+    last pair, findings that would train garbage (binary 0/255 masks with 2 classes, ids outside
+    the class list) stop it before any shard gets its final name, unless `force` (ids outside
+    the class list then become ignore). Stale temporaries of killed conversions in `out` are
+    removed first.
+    """
     from tqdm import tqdm
 
     from ocr_tf.data import records
 
     pairs = module.find_pairs(root, split, **find_options)
     if not pairs:
-        raise FileNotFoundError(f"{info.name}: no images found for split {split!r} under {root}")
+        raise MissingFileError(f"{info.name}: no images found for split {split!r} under {root}")
     table = base.lookup_table(label_map)
     known = np.zeros(256, bool)
     known[list(label_map)] = True
     shards = num_shards or max(1, math.ceil(len(pairs) / records_per_shard))
     shards = min(shards, len(pairs))
     skipped = []
+    checker = check.DatasetChecker(info.num_classes, info.class_names)
+    lock = threading.Lock()
 
     def work(pair):
         try:
-            return convert_pair(*pair, table, known), None
-        except (ConversionError, records.RecordError, OSError) as e:
+            return convert_pair(*pair, table, known, _Locked(checker, lock), colour_table, force), None
+        except (UserError, OSError) as e:
             return None, str(e)
 
+    if not force:
+        _preflight(pairs, table, known, info, colour_table)
+    os.makedirs(out, exist_ok=True)
+    remove_stale(out)
     with records.ShardedWriter(out, split, shards, info.num_classes, info.class_names,
                                overwrite=overwrite) as writer, \
             concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
@@ -136,8 +123,50 @@ def convert_split(module, info, label_map, root, out, split, records_per_shard=1
             if label is not None:
                 writer.count_label(label)
             bar.set_postfix(written=writer.num_written, skipped=len(skipped))
-        writer.extra_info.update({"dataset": info.name, "skipped": skipped})
+        # Unusable pairs were handled one by one above (error, --skip-bad, or --force: ids -> ignore).
+        blocking = [f for f in checker.blocking() if f.kind == "binary_0_255"]
+        if blocking and not force:  # raised inside the `with`: the shards are never committed
+            raise ConversionError(f"{blocking[0].message} (--force converts as is)")
+        findings = [f for f in checker.findings() if f.level != check.INFO]
+        writer.extra_info.update({
+            "dataset": info.name, "skipped": skipped,
+            "warnings": [str(f) for f in findings],
+            "suggested_class_weights": checker.class_weights(),
+            "class_weight_formula": "median frequency balancing: median(freq) / freq_c, freq_c = pixels of c / "
+                                    "labelled pixels of the images containing c",
+        })
     return writer.info()
+
+
+def _preflight(pairs, table, known, info, colour_table, sample=16):
+    """Stop before converting anything when the first `sample` masks already show a data set
+    that would train garbage (0/255 masks with 2 classes); the full check runs at the end too."""
+    checker = check.DatasetChecker(info.num_classes, info.class_names)
+    for _, _, mask_path in pairs[:sample]:
+        if mask_path is None:
+            return
+        try:
+            raw = images.read_mask(mask_path, colour_table)
+        except UserError:
+            return  # the conversion itself names the file
+        checker.add(mask_path, mask_path=mask_path, raw_mask=raw, label=table[raw])
+    blocking = [f for f in checker.blocking() if f.kind == "binary_0_255"]
+    if blocking:
+        raise ConversionError(blocking[0].message.replace("all ", "the first ", 1) + " (--force converts as is)")
+
+
+class _Locked:
+    """`checker` behind a lock: conversion workers add facts from several threads."""
+
+    def __init__(self, checker, lock):
+        self._checker, self._lock = checker, lock
+
+    def add(self, *args, **kwargs):
+        with self._lock:
+            self._checker.add(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._checker, name)
 
 
 def summarize(info, names):
@@ -153,6 +182,11 @@ def summarize(info, names):
             lines.append(f"  classes with no pixels: {', '.join(absent[:10])}{' ...' if len(absent) > 10 else ''}")
     for s in info.get("skipped", [])[:10]:
         lines.append(f"  skipped {s['source_id']}: {s['error']}")
+    for w in info.get("warnings", []):
+        if "never appear" not in w:  # said above as "classes with no pixels"
+            lines.append(f"  {w}")
+    if info.get("suggested_class_weights"):
+        lines.append(f"  suggested loss.class_weights (median frequency balancing): {info['suggested_class_weights']}")
     return "\n".join(lines)
 
 
@@ -178,14 +212,26 @@ def main(argv=None):
     parser.add_argument("--remap", help="folder: file of 'source target' id pairs applied to masks")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace existing shards of the split in --out (after the new ones are complete)")
+    parser.add_argument("--force", action="store_true",
+                        help="convert what the checks call garbage: 0/255 binary masks with 2 classes as they "
+                             "are, mask ids outside the class list as ignore (listed in the summary)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    for flag, value in (("--records-per-shard", args.records_per_shard), ("--shards", args.shards),
+                        ("--workers", args.workers)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
 
     module = get_module(args.dataset)
     options = {}
     if args.dataset == "folder":
-        info = module.load_info(args.root, args.classes)
-        label_map = module.label_map(info, args.remap)
+        try:
+            info = module.load_info(args.root, args.classes)
+            label_map = module.label_map(info, args.remap)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        options["colour_table"] = check.colour_table(info, args.classes or os.path.join(args.root, "classes.txt"))
     else:
         if args.classes or args.remap:
             parser.error("--classes/--remap apply to the folder dataset only")
@@ -200,10 +246,10 @@ def main(argv=None):
         for split in splits:
             result = convert_split(module, info, label_map, args.root, args.out, split,
                                    args.records_per_shard, args.shards, args.skip_bad, args.workers,
-                                   not args.no_progress, args.overwrite, **options)
+                                   not args.no_progress, args.overwrite, args.force, **options)
             print(summarize(result, info.class_names))
             print(f"  wrote {os.path.join(args.out, split + '-*.tfrecord')} and {split}-info.json")
-    except (ConversionError, FileNotFoundError, ValueError) as e:  # RecordError is a ValueError
+    except (UserError, FileNotFoundError, ValueError) as e:  # RecordError, ConversionError: UserErrors
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

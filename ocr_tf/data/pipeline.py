@@ -15,6 +15,7 @@ import random
 import tensorflow as tf
 
 from ocr_tf.data import augment, records
+from ocr_tf.errors import MissingFileError, UserError
 from ocr_tf.preprocessing import IGNORE_LABEL, normalize_image
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -31,7 +32,9 @@ def list_files(file_pattern):
         matched = tf.io.gfile.glob(pattern) if any(c in pattern for c in "*?[") else (
             [pattern] if tf.io.gfile.exists(pattern) else [])
         if not matched:
-            raise FileNotFoundError(f"no TFRecord files match {pattern!r}")
+            raise MissingFileError(f"no TFRecord files match {pattern!r}"
+                                   + ("" if tf.io.gfile.exists(os.path.dirname(pattern) or ".") else
+                                      f" (folder {os.path.dirname(pattern)!r} does not exist)"))
         files.extend(matched)
     return sorted(set(files))
 
@@ -124,7 +127,7 @@ def make_dataset(file_pattern, *, num_classes, training, batch_size, crop_size=N
     `dataset.bad_records` (a `records.BadRecords`, also accepted as `bad_records`).
     """
     if training and not crop_size:
-        raise ValueError("training=True needs crop_size=(height, width)")
+        raise UserError("training=True needs crop_size=(height, width)")
     files = list_files(file_pattern)
     bad_records = bad_records if bad_records is not None else records.BadRecords()
     if not skip_bad:
@@ -138,7 +141,7 @@ def make_dataset(file_pattern, *, num_classes, training, batch_size, crop_size=N
     files_ds = tf.data.Dataset.from_tensor_slices(files)
     if input_context is not None and input_context.num_input_pipelines > 1:
         if len(files) < input_context.num_input_pipelines:
-            raise ValueError(f"{len(files)} files cannot be sharded over "
+            raise UserError(f"{len(files)} files cannot be sharded over "
                              f"{input_context.num_input_pipelines} input pipelines; write more shards")
         files_ds = files_ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if training:

@@ -11,6 +11,7 @@ never leaves a file that matches `<split>-*.tfrecord`. Next to the shards the wr
 uses to spot truncated shards by size before reading them.
 """
 
+import contextlib
 import glob
 import io
 import json
@@ -22,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from ocr_tf.data.images import encode_png, sniff_format  # noqa: F401 (part of this module's API)
 from ocr_tf.errors import UserError
 
 IMAGE_KEY = "image/encoded"
@@ -46,6 +48,8 @@ FEATURES = {
 log = logging.getLogger(__name__)
 
 
+
+
 class RecordError(UserError):
     """A record or shard that cannot be used; the message names the file, record and values."""
 
@@ -60,22 +64,6 @@ def _bytes(value):
 
 def _int64(value):
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-
-
-def sniff_format(data):
-    """'png' or 'jpeg' from the first bytes of an encoded image, else None."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    return None
-
-
-def encode_png(array):
-    """uint8 HxW or HxWx3 array -> PNG bytes (fast compression: decode speed does not depend on it)."""
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(array, np.uint8)).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
 
 
 def encode_jpeg(array, quality=95):
@@ -161,7 +149,7 @@ class ShardedWriter:
     def __init__(self, out_dir, split, num_shards, num_classes=None, class_names=None, extra_info=None,
                  overwrite=False):
         if num_shards < 1:
-            raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+            raise UserError(f"num_shards must be >= 1, got {num_shards} (--shards)")
         os.makedirs(out_dir, exist_ok=True)
         self.existing = sorted(glob.glob(os.path.join(glob.escape(out_dir), f"{split}-*-of-*.tfrecord")))
         if self.existing and not overwrite:
@@ -367,7 +355,78 @@ def iter_records_checked(path, bad_records):
         except StopIteration:
             return
         except tf.errors.OpError as e:
-            bad_records.add(path, index, f"unreadable from here on: {e.message.strip()}")
+            bad_records.add(path, index, f"unreadable from here on: {tf_message(e)}")
             return
         yield index, record.numpy()
         index += 1
+
+
+def example_fields(serialized, where):
+    """{'image', 'label', 'source_id'} bytes of a serialized example; RecordError naming `where`
+    when it is not a tf.train.Example with an `image/encoded` feature."""
+    try:
+        feature = tf.train.Example.FromString(serialized).features.feature
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise RecordError(f"{where} is not a tf.train.Example ({e.__class__.__name__})") from None
+
+    def first(key):
+        values = feature[key].bytes_list.value if key in feature else []
+        return values[0] if values else b""
+
+    if not first(IMAGE_KEY):
+        raise RecordError(f"{where} has no '{IMAGE_KEY}' (keys: {sorted(feature)[:8]}); expected the "
+                          "tf-models segmentation keys (python -m ocr_tf.data.convert writes them)")
+    return {"image": first(IMAGE_KEY), "label": first(LABEL_KEY),
+            "source_id": first(SOURCE_ID_KEY).decode("utf-8", "replace")}
+
+
+def tf_message(error):
+    """A TensorFlow OpError's message without its graph-function and op boilerplate."""
+    import re
+
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", error.message)
+    text = re.sub(r"\s*\[Op:[^\]]*\].*$", "", text, flags=re.S)
+    return " ".join(text.split()).rstrip("'")
+
+
+def find_damaged_shards(files):
+    """{file: message} for shards that cannot be read to the end (bad CRC, cut short, not a
+    TFRecord). Reads every shard: meant for after a read error, to name the culprit."""
+    damaged = {}
+    for path in files:
+        index = 0
+        try:
+            for _ in tf.data.TFRecordDataset(path):
+                index += 1
+        except tf.errors.OpError as e:
+            damaged[path] = (f"shard {path} is damaged at record {index} ({tf_message(e)}): "
+                             "re-copy or re-convert it, or set data.skip_bad: true to read what is intact")
+    return damaged
+
+
+# A read of a damaged shard fails deep in tf.data with "corrupted record at 0" / "truncated
+# record at N" and no file name; these are the messages worth translating.
+_READ_ERROR_WORDS = ("corrupted record", "truncated record", "data_loss", "record at", "checksum")
+
+
+@contextlib.contextmanager
+def naming_damaged_shards(files):
+    """Around code that iterates a dataset of `files`: a TFRecord read error (DataLossError,
+    'corrupted record at 0' without a file name) is re-raised as a RecordError naming the
+    damaged shard(s), found by reading each shard once."""
+    try:
+        yield
+    except tf.errors.OpError as e:
+        text = f"{e.__class__.__name__} {e.message}".lower()
+        if not isinstance(e, tf.errors.DataLossError) and not any(w in text for w in _READ_ERROR_WORDS):
+            raise
+        damaged = find_damaged_shards(files)
+        if not damaged:
+            raise
+        raise RecordError("; ".join(damaged.values())) from None
+
+
+def iterate_naming_damaged_shards(dataset, files):
+    """Iterate `dataset` (read from `files`) under `naming_damaged_shards`."""
+    with naming_damaged_shards(files):
+        yield from dataset

@@ -7,6 +7,7 @@ Each benchmark has its own module holding its class table, label mapping and fil
 import importlib
 
 from ocr_tf.data.datasets.base import IGNORE_LABEL, DatasetInfo, voc_palette
+from ocr_tf.errors import UserError
 
 DATASETS = ("cityscapes", "ade20k", "lip", "pascal_context", "coco_stuff", "demo")
 
@@ -14,7 +15,7 @@ DATASETS = ("cityscapes", "ade20k", "lip", "pascal_context", "coco_stuff", "demo
 def get_module(name):
     """The module of a named dataset (or 'folder')."""
     if name not in DATASETS + ("folder",):
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS + ('folder',))}")
+        raise UserError(f"unknown dataset {name!r}; known: {', '.join(DATASETS + ('folder',))}")
     return importlib.import_module(f"ocr_tf.data.datasets.{name}")
 
 
@@ -23,7 +24,7 @@ def get_dataset_info(name):
     if name not in DATASETS and name.endswith((".txt", ".names")):
         return DatasetInfo.from_class_file(name)
     if name == "folder":
-        raise ValueError("a folder dataset's classes come from its class file: "
+        raise UserError("a folder dataset's classes come from its class file: "
                          "use DatasetInfo.from_class_file(path) or get_dataset_info(path)")
     return get_module(name).INFO
 

@@ -9,6 +9,7 @@ Splits are named train and val.
 import os
 
 from ocr_tf.data.datasets.base import IGNORE_LABEL, DatasetInfo, pair_by_stem, voc_palette
+from ocr_tf.errors import UserError
 
 CLASS_NAMES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
@@ -42,6 +43,6 @@ def find_pairs(root, split):
     if os.path.isdir(os.path.join(root, "ADEChallengeData2016")):
         root = os.path.join(root, "ADEChallengeData2016")
     if split not in _FOLDERS:
-        raise ValueError(f"ade20k: split must be one of {sorted(_FOLDERS)}, got {split!r}")
+        raise UserError(f"ade20k: split must be one of {sorted(_FOLDERS)}, got {split!r}")
     sub = _FOLDERS[split]
     return pair_by_stem("ade20k", os.path.join(root, "images", sub), os.path.join(root, "annotations", sub))

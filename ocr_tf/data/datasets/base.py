@@ -4,6 +4,7 @@ import dataclasses
 import os
 
 import numpy as np
+from ocr_tf.errors import MissingFileError, UserError
 
 IGNORE_LABEL = 255
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -40,11 +41,11 @@ class DatasetInfo:
 
     def __post_init__(self):
         if len(self.class_names) != self.num_classes:
-            raise ValueError(f"{self.name}: {len(self.class_names)} class names for {self.num_classes} classes")
+            raise UserError(f"{self.name}: {len(self.class_names)} class names for {self.num_classes} classes")
         if len(self.palette) != self.num_classes:
-            raise ValueError(f"{self.name}: {len(self.palette)} palette colours for {self.num_classes} classes")
+            raise UserError(f"{self.name}: {len(self.palette)} palette colours for {self.num_classes} classes")
         if not 0 < self.num_classes <= 255 or self.num_classes > self.ignore_label:
-            raise ValueError(f"{self.name}: num_classes must be in 1..{self.ignore_label}, got {self.num_classes}")
+            raise UserError(f"{self.name}: num_classes must be in 1..{self.ignore_label}, got {self.num_classes}")
 
     @classmethod
     def from_class_file(cls, path, name=None):
@@ -53,6 +54,9 @@ class DatasetInfo:
         Line k (counting non-empty lines from 0) is train id k.
         """
         names, colors = [], []
+        if not os.path.isfile(path):
+            raise MissingFileError(f"class list {path} not found: expected a text file with one class "
+                                   "name per line (`name` or `name R G B`)")
         with open(path) as f:
             for lineno, line in enumerate(f, 1):
                 line = line.split("#", 1)[0].strip()
@@ -62,17 +66,17 @@ class DatasetInfo:
                 if len(parts) >= 4 and all(p.isdigit() for p in parts[-3:]):
                     rgb = tuple(int(p) for p in parts[-3:])
                     if max(rgb) > 255:
-                        raise ValueError(f"{path}:{lineno}: colour {rgb} is not 0-255")
+                        raise UserError(f"{path}:{lineno}: colour {rgb} is not 0-255")
                     names.append(" ".join(parts[:-3]))
                     colors.append(rgb)
                 else:
                     names.append(line)
                     colors.append(None)
         if not names:
-            raise ValueError(f"{path}: no class names found")
+            raise UserError(f"{path}: no class names found")
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})
-            raise ValueError(f"{path}: duplicate class names {dup}")
+            raise UserError(f"{path}: duplicate class names {dup}")
         default = voc_palette(len(names))
         palette = tuple(c if c is not None else d for c, d in zip(colors, default))
         return cls(name or os.path.splitext(os.path.basename(path))[0], len(names), tuple(names), palette)
@@ -89,7 +93,7 @@ def lookup_table(mapping, default=IGNORE_LABEL):
 def list_images(folder):
     """Sorted image files of a folder (not recursive)."""
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"expected a folder of images at {folder}")
+        raise MissingFileError(f"expected a folder of images at {folder}")
     return sorted(os.path.join(folder, n) for n in os.listdir(folder)
                   if n.lower().endswith(IMAGE_EXTENSIONS))
 
@@ -102,12 +106,12 @@ def pair_by_stem(dataset, image_dir, label_dir, what="annotation"):
         stem = os.path.splitext(os.path.basename(image))[0]
         label = os.path.join(label_dir, stem + ".png")
         if not os.path.exists(label):
-            raise FileNotFoundError(f"{dataset}: no {what} {label} for image {image}")
+            raise MissingFileError(f"{dataset}: no {what} {label} for image {image}")
         pairs.append((stem, image, label))
     return pairs
 
 
 def require_dir(path, what):
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{what}: folder {path} not found")
+        raise MissingFileError(f"{what}: folder {path} not found")
     return path

@@ -14,6 +14,7 @@ import numpy as np
 from cityscapesscripts.helpers.labels import labels as _LABELS
 
 from ocr_tf.data.datasets.base import IGNORE_LABEL, DatasetInfo
+from ocr_tf.errors import MissingFileError
 
 _TRAIN = sorted((l for l in _LABELS if 0 <= l.trainId < IGNORE_LABEL), key=lambda l: l.trainId)
 
@@ -45,7 +46,7 @@ def find_pairs(root, split, coarse=False):
     """[(source_id, image_path, label_path or None)] for one split, sorted."""
     image_dir = os.path.join(root, "leftImg8bit", split)
     if not os.path.isdir(image_dir):
-        raise FileNotFoundError(f"cityscapes: {image_dir} not found (expected leftImg8bit/{split}/<city>/)")
+        raise MissingFileError(f"cityscapes: {image_dir} not found (expected leftImg8bit/{split}/<city>/)")
     kind = "gtCoarse" if coarse else "gtFine"
     pairs = []
     for image in sorted(glob.glob(os.path.join(image_dir, "*", "*_leftImg8bit.png"))):
@@ -55,6 +56,6 @@ def find_pairs(root, split, coarse=False):
         if split != "test":
             label = os.path.join(root, kind, split, city, f"{stem}_{kind}_labelIds.png")
             if not os.path.exists(label):
-                raise FileNotFoundError(f"cityscapes: no label {label} for image {image}")
+                raise MissingFileError(f"cityscapes: no label {label} for image {image}")
         pairs.append((stem, image, label))
     return pairs

@@ -11,6 +11,7 @@ Splits are named train and val.
 import os
 
 from ocr_tf.data.datasets.base import IGNORE_LABEL, DatasetInfo, pair_by_stem, voc_palette
+from ocr_tf.errors import UserError
 
 CLASS_NAMES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -49,6 +50,6 @@ SPLITS = ("train", "val")
 
 def find_pairs(root, split):
     if split not in SPLITS:
-        raise ValueError(f"coco_stuff: split must be one of {SPLITS}, got {split!r}")
+        raise UserError(f"coco_stuff: split must be one of {SPLITS}, got {split!r}")
     sub = f"{split}2017"
     return pair_by_stem("coco_stuff", os.path.join(root, "images", sub), os.path.join(root, "annotations", sub))

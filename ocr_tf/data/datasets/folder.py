@@ -12,6 +12,7 @@ listed in a remap file are kept as they are.
 import os
 
 from ocr_tf.data.datasets.base import IGNORE_LABEL, DatasetInfo, pair_by_stem
+from ocr_tf.errors import MissingFileError, UserError
 
 SPLITS = ("train", "val")
 
@@ -24,6 +25,8 @@ def load_info(root, classes=None):
 def load_remap(path):
     """`source target` per line -> {source: target}, identity for ids not listed."""
     mapping = {i: i for i in range(256)}
+    if not os.path.isfile(path):
+        raise MissingFileError(f"--remap file {path} not found: expected lines 'source target' (e.g. '255 1')")
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
             line = line.split("#", 1)[0].strip()
@@ -31,10 +34,10 @@ def load_remap(path):
                 continue
             parts = line.replace(",", " ").replace(":", " ").split()
             if len(parts) != 2 or not all(p.isdigit() for p in parts):
-                raise ValueError(f"{path}:{lineno}: expected 'source target', got {line!r}")
+                raise UserError(f"{path}:{lineno}: expected 'source target', got {line!r}")
             src, dst = int(parts[0]), int(parts[1])
             if src > 255 or dst > 255:
-                raise ValueError(f"{path}:{lineno}: ids must be 0..255, got {line!r}")
+                raise UserError(f"{path}:{lineno}: ids must be 0..255, got {line!r}")
             mapping[src] = dst
     return mapping
 
@@ -55,9 +58,9 @@ def find_pairs(root, split):
     image_dir, mask_dir = os.path.join(root, "images", split), os.path.join(root, "masks", split)
     if not os.path.isdir(image_dir):
         if split != "train" or not os.path.isdir(os.path.join(root, "images")):
-            raise FileNotFoundError(f"folder: {image_dir} not found")
+            raise MissingFileError(f"folder: {image_dir} not found")
         image_dir, mask_dir = os.path.join(root, "images"), os.path.join(root, "masks")
     pairs = pair_by_stem("folder", image_dir, mask_dir, what="mask")
     if not pairs:
-        raise FileNotFoundError(f"folder: no images in {image_dir}")
+        raise MissingFileError(f"folder: no images in {image_dir}")
     return pairs

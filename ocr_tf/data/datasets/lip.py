@@ -9,6 +9,7 @@ A horizontal flip swaps the left/right parts (arm, leg, shoe): `INFO.flip_pairs`
 import os
 
 from ocr_tf.data.datasets.base import IGNORE_LABEL, DatasetInfo, pair_by_stem, voc_palette
+from ocr_tf.errors import UserError
 
 CLASS_NAMES = (
     "background", "hat", "hair", "glove", "sunglasses", "upper-clothes", "dress", "coat", "socks",
@@ -25,7 +26,7 @@ SPLITS = ("train", "val")
 
 def find_pairs(root, split):
     if split not in SPLITS:
-        raise ValueError(f"lip: split must be one of {SPLITS}, got {split!r}")
+        raise UserError(f"lip: split must be one of {SPLITS}, got {split!r}")
     image_dir = os.path.join(root, "TrainVal_images", f"{split}_images")
     label_dir = os.path.join(root, "TrainVal_parsing_annotations", f"{split}_segmentations")
     return pair_by_stem("lip", image_dir, label_dir)

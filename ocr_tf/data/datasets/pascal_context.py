@@ -14,6 +14,7 @@ Layout (`--root` is VOC2010, or VOCdevkit / its parent holding VOCdevkit/VOC2010
 import os
 
 from ocr_tf.data.datasets.base import IGNORE_LABEL, DatasetInfo, voc_palette
+from ocr_tf.errors import MissingFileError
 
 CLASS_NAMES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "table",
@@ -34,7 +35,7 @@ def _voc_root(root):
     for candidate in (root, os.path.join(root, "VOC2010"), os.path.join(root, "VOCdevkit", "VOC2010")):
         if os.path.isdir(os.path.join(candidate, "SegmentationClassContext")):
             return candidate
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"pascal_context: no SegmentationClassContext/ under {root} (or VOC2010/, VOCdevkit/VOC2010/)")
 
 
@@ -42,7 +43,7 @@ def find_pairs(root, split):
     root = _voc_root(root)
     list_file = os.path.join(root, "ImageSets", "SegmentationContext", f"{split}.txt")
     if not os.path.exists(list_file):
-        raise FileNotFoundError(f"pascal_context: split list {list_file} not found")
+        raise MissingFileError(f"pascal_context: split list {list_file} not found")
     with open(list_file) as f:
         ids = [line.strip() for line in f if line.strip()]
     pairs = []
@@ -51,6 +52,6 @@ def find_pairs(root, split):
         label = os.path.join(root, "SegmentationClassContext", stem + ".png")
         for path in (image, label):
             if not os.path.exists(path):
-                raise FileNotFoundError(f"pascal_context: {path} (listed in {list_file}) not found")
+                raise MissingFileError(f"pascal_context: {path} (listed in {list_file}) not found")
         pairs.append((stem, image, label))
     return pairs
