@@ -2,15 +2,17 @@
 `hrnet_ocr_cs_8162_torch11.pth`) into Keras models.
 
     python -m ocr_tf.convert --checkpoint hrnet_ocr_cs_8162_torch11.pth --model hrnet_w48_ocr \
-        --num-classes 19 --out converted/
+        --dataset cityscapes --out hrnet_w48_ocr_cityscapes/
 
 Reads a `.pth` with torch (`weights_only=True`; torch is optional and only needed for `.pth`) or an
 `.npz` of the state_dict (names as keys; a `state/` key prefix, as in the test fixture, is accepted).
 Drops the `model.` prefix of released files, skips `loss.*` (class weights) and BN's
 `num_batches_tracked`, reads `last_layer.*` (seg_hrnet's head) as the OCR model's `aux_head.*`,
 transposes conv kernels OIHW -> HWIO. Every missing, unexpected or mis-shaped tensor stops the
-conversion with the full list: a checkpoint never loads half-way. Writes `<model>.keras` and
-`<model>.weights.h5` atomically. `--verify REF.npz` runs the reference inputs (`input_N`, NCHW)
+conversion with the full list: a checkpoint never loads half-way. Writes a preset folder
+(`Segmenter.from_preset(DIR)`; ocr_tf/presets.py) atomically: the network with the classes of
+`--dataset` (an official file, known by its name, brings its own dataset and published mIoU) and the
+provenance (file name, sha256, converter version, the `--verify` figure). `--verify REF.npz` runs the reference inputs (`input_N`, NCHW)
 through the converted model and compares with the reference outputs (`aux_N`, `out_N`);
 `--official-repo DIR` (a clone of the official repository, which is not bundled) runs a random
 image through the official PyTorch model with the same checkpoint and compares (ocr_tf/official.py).
@@ -66,7 +68,7 @@ def read_state_dict(path):
         import torch
     except ImportError:
         raise ImportError(
-            f"Reading {path} needs PyTorch (pip install torch, CPU build is enough), "
+            f'Reading {path} needs PyTorch: pip install "ocr_tf[convert]" (CPU torch), '
             "or convert the state_dict to .npz first."
         ) from None
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -301,7 +303,10 @@ def main(argv=None):
     p.add_argument("--backbone-only", action="store_true",
                    help="convert only the HRNet backbone (e.g. the ImageNet-pretrained .pth) to "
                    "<backbone>_backbone.weights.h5, for build_model(..., weights=...)")
-    p.add_argument("--out", required=True, help="output directory for <model>.keras and <model>.weights.h5")
+    p.add_argument("--out", required=True, help="the preset folder to write (Segmenter.from_preset reads it); "
+                   "with --backbone-only, the folder for <backbone>_backbone.weights.h5")
+    p.add_argument("--dataset", help="classes, palette and flip pairs of the preset: a dataset name or a class "
+                   "list file (default: an official file's dataset, else class_0, class_1, ...)")
     p.add_argument("--extra", help="HRNet stage config for custom widths: JSON text or a JSON/YAML file "
                    "(the official experiment YAML works: MODEL.EXTRA is used)")
     p.add_argument("--mid-channels", type=int, help="OCR mid channels (official: 512)")
@@ -316,8 +321,12 @@ def main(argv=None):
     p.add_argument("--verify-size", default="128x192", metavar="HxW",
                    help="image size of the --official-repo comparison (default 128x192)")
     args = p.parse_args(argv)
+    try:
+        official = preset_defaults(args)
+    except ValueError as e:
+        p.error(str(e))
     if args.num_classes is None and not args.backbone_only:
-        p.error("--num-classes is required unless --backbone-only")
+        p.error("--num-classes is required unless --backbone-only, --dataset or an official checkpoint")
     if (args.verify or args.official_repo) and args.backbone_only:
         p.error("--verify / --official-repo need a whole model's outputs, not --backbone-only")
     if args.official_repo and not (args.model.startswith("hrnet") and args.model.endswith("_ocr")):
@@ -331,9 +340,10 @@ def main(argv=None):
     try:
         if args.backbone_only:
             overrides = {"align_corners": overrides["align_corners"]}
+        extra = _load_extra(args.extra)
         model, paths = convert(
-            args.checkpoint, args.model, args.num_classes, args.out, extra=_load_extra(args.extra),
-            backbone_only=args.backbone_only, **overrides,
+            args.checkpoint, args.model, args.num_classes, args.out if args.backbone_only else None,
+            extra=extra, backbone_only=args.backbone_only, **overrides,
         )
     except (CheckpointMismatch, FileNotFoundError, ImportError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -349,9 +359,33 @@ def main(argv=None):
         for key, err in errors.items():
             print(f"verify {key}: max|a-b|/max|b| = {err:.3g}")
         if max(errors.values()) >= VERIFY_TOLERANCE:
-            print(f"error: verification above {VERIFY_TOLERANCE}", file=sys.stderr)
+            print(f"error: verification above {VERIFY_TOLERANCE}; no preset written", file=sys.stderr)
             return 2
+    if not args.backbone_only:
+        from ocr_tf.presets import write_converted_preset
+
+        if extra is not None:
+            overrides["extra"] = extra
+        try:
+            path = write_converted_preset(model, args.model, args.checkpoint, args.out, args.dataset, overrides,
+                                          official, parity=errors)
+            print(f"wrote preset {path}")
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     return 0
+
+
+def preset_defaults(args):
+    """An official checkpoint (known by its file name) gives --dataset and --num-classes defaults."""
+    from ocr_tf.presets import dataset_info, find_official
+
+    official = find_official(args.checkpoint)
+    if args.dataset is None and official is not None:
+        args.dataset = official.dataset
+    if args.dataset is not None and args.num_classes is None and not args.backbone_only:
+        args.num_classes = dataset_info(args.dataset, args.checkpoint).num_classes
+    return official
 
 
 if __name__ == "__main__":
