@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import urllib.parse
 
 from ocr_tf.errors import MissingFileError, UserError
@@ -132,6 +133,8 @@ CHECKPOINT_SUFFIXES = (".pth", ".pt", ".npz")
 URL_SCHEMES = ("http", "https", "file")
 SHA_RECORD = "sha256.json"
 EXTRA_HINT = 'pip install "ocr_tf[convert]"'
+# A download folder this old belongs to a process that was killed (no download takes a day).
+STALE_DOWNLOAD_S = 24 * 3600
 
 
 class MissingExtraError(UserError, ImportError):
@@ -197,7 +200,7 @@ _PRESETS = {
                   81.6, "Cityscapes val, single scale 1024x2048, no flip",
                   "HRNetV2-W48 + OCR, Cityscapes train (19 classes)"),
         _official("hrnet_w48_ocr_cityscapes_trainval", "hrnet_ocr_cs_trainval_8227_torch11.pth", "hrnet_w48_ocr",
-                  "cityscapes", 82.3, "Cityscapes test (server), multi-scale 0.5-1.75 + flip",
+                  "cityscapes", 82.3, "Cityscapes test server, multi-scale 0.5-1.75 + flip",
                   "HRNetV2-W48 + OCR, Cityscapes train+val, for test-server submissions"),
         _official("hrnet_w48_ocr_lip", "hrnet_ocr_lip_5648_torch04.pth", "hrnet_w48_ocr", "lip",
                   56.48, "LIP val, 473x473, flip", "HRNetV2-W48 + OCR, LIP human parts (20 classes), PyTorch 0.4.1"),
@@ -205,10 +208,10 @@ _PRESETS = {
                   "pascal_context", 56.2, "PASCAL-Context 59 classes, 520x520, multi-scale 0.5-2.0 + flip",
                   "HRNetV2-W48 + OCR, PASCAL-Context (59 classes)"),
         _official("hrnet_w48_ocr_coco_stuff", "hrnet_ocr_cocostuff_3965_torch04.pth", "hrnet_w48_ocr", "coco_stuff",
-                  39.7, "COCO-Stuff, 520x520, single scale (40.6 with multi-scale 0.5-2.0 + flip)",
+                  39.7, "COCO-Stuff, 520x520, single scale; 40.6 with multi-scale 0.5-2.0 + flip",
                   "HRNetV2-W48 + OCR, COCO-Stuff (171 classes), OHEM, PyTorch 0.4.1"),
         _official("hrnet_w48_ocr_ade20k", "hrnet_ocr_ade20k_4451_torch04.pth", "hrnet_w48_ocr", "ade20k",
-                  44.5, "ADE20K val, 520x520, single scale (45.5 with multi-scale 0.5-2.0 + flip)",
+                  44.5, "ADE20K val, 520x520, single scale; 45.5 with multi-scale 0.5-2.0 + flip",
                   "HRNetV2-W48 + OCR, ADE20K (150 classes), OHEM, PyTorch 0.4.1"),
         _official("hrnet_w48_fcn_cityscapes", "hrnet_cs_8090_torch11.pth", "hrnet_w48_fcn", "cityscapes",
                   80.9, "Cityscapes val, single scale 1024x2048, no flip",
@@ -219,10 +222,10 @@ _PRESETS = {
                   "pascal_context", 54.1, "PASCAL-Context 59 classes, 520x520, multi-scale 0.5-2.0 + flip",
                   "HRNetV2-W48 baseline (FCN head), PASCAL-Context (59 classes)"),
         _official("hrnet_w48_fcn_coco_stuff", "hrnet_cocostuff_3617_torch04.pth", "hrnet_w48_fcn", "coco_stuff",
-                  36.2, "COCO-Stuff, 520x520, single scale (37.9 with multi-scale 0.5-2.0 + flip)",
+                  36.2, "COCO-Stuff, 520x520, single scale; 37.9 with multi-scale 0.5-2.0 + flip",
                   "HRNetV2-W48 baseline (FCN head), COCO-Stuff (171 classes), OHEM, PyTorch 0.4.1"),
         _official("hrnet_w48_fcn_ade20k", "hrnet_ade20k_4312_torch04.pth", "hrnet_w48_fcn", "ade20k",
-                  43.1, "ADE20K val, 520x520, single scale (44.2 with multi-scale 0.5-2.0 + flip)",
+                  43.1, "ADE20K val, 520x520, single scale; 44.2 with multi-scale 0.5-2.0 + flip",
                   "HRNetV2-W48 baseline (FCN head), ADE20K (150 classes), OHEM, PyTorch 0.4.1"),
     )
 }
@@ -459,6 +462,7 @@ def _download_and_convert(spec, root, target):
         require_torch(spec.url)  # before a download of hundreds of MB
     downloads = os.path.join(root, "downloads")
     os.makedirs(downloads, exist_ok=True)  # get_file falls back to /tmp when its cache_dir is not writable
+    _remove_stale_downloads(downloads)
     # A fresh folder per download: get_file reuses any file at its target path, so a download killed
     # half-way must never sit where the next call would take it for complete.
     tmp = tempfile.mkdtemp(prefix=f".tmp-{spec.name}-", dir=downloads)
@@ -482,6 +486,14 @@ def _download_and_convert(spec, root, target):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return segmenter
+
+
+def _remove_stale_downloads(downloads, max_age_s=STALE_DOWNLOAD_S):
+    """Remove the temporary folders of downloads killed half-way (older than a day: not running)."""
+    now = time.time()
+    for entry in os.scandir(downloads):
+        if entry.name.startswith(".tmp-") and entry.is_dir() and now - entry.stat().st_mtime > max_age_s:
+            shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _spec_from_url(url, model=None, dataset=None, name=None, **fields):

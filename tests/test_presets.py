@@ -227,6 +227,11 @@ def test_a_damaged_download_is_refused_and_nothing_is_cached(config, checkpoint,
 
 def test_an_interrupted_download_leaves_nothing(config, checkpoint, classes_file, cache, server):
     server.files[CHECKPOINT] = (checkpoint, "interrupt")
+    # what a download killed two days ago (kill -9: no cleanup ran) left behind
+    killed = cache / "downloads" / ".tmp-tiny_ocr-killed"
+    killed.mkdir(parents=True)
+    (killed / "hrnet_ocr_tiny_torch11.pth").write_bytes(checkpoint[:100])
+    os.utime(killed, (os.path.getmtime(killed) - 2 * 86400,) * 2)
     with pytest.raises(UserError, match="download of .* failed") as err:
         ocr_tf.Segmenter.from_preset(tiny_spec(config, server.url(), classes_file))
     assert "nothing was cached" in str(err.value)
