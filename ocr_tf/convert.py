@@ -34,6 +34,8 @@ from ocr_tf.backbones.hrnet import torch_bn_name, torch_conv_name
 
 # Relative error allowed by `--verify` (max |a - b| / max |b|).
 VERIFY_TOLERANCE = 1e-4
+# BatchNorm epsilon of the official code (nn.BatchNorm2d's and InPlaceABNSync's default).
+BN_EPSILON = 1e-5
 # Top-level modules of the official HRNet backbone (stem, stage 1, transitions, stages 2-4).
 BACKBONE_ROOTS = ("conv1", "bn1", "conv2", "bn2", "layer1", "transition1", "transition2", "transition3",
                   "stage2", "stage3", "stage4")
@@ -91,6 +93,27 @@ def clean_state_dict(state, head="ocr"):
         out[name] = value
     if head == "ocr" and not any(n.startswith("aux_head.") for n in out):
         out = {("aux_head." + n[len("last_layer.") :] if n.startswith("last_layer.") else n): v for n, v in out.items()}
+    return out
+
+
+def is_torch04_file(path):
+    """The [HR] README's `_torch04` release files were trained and evaluated under PyTorch 0.4.1."""
+    return "_torch04" in os.path.basename(os.fspath(path))
+
+
+def inplace_abn_weights(state):
+    """A state dict written by the official code under PyTorch 0.4, with its BN scales made standard.
+
+    Under PyTorch 0.4 the official lib/models/bn_helper.py makes every BatchNorm2d an
+    InPlaceABNSync(activation='none'): the same tensor names, but its kernels scale by
+    |weight| + eps, not weight (sync_bn/inplace_abn/src/inplace_abn_cpu.cpp forward_cpu:
+    `gamma = abs(weight) + eps`; the CUDA kernels likewise), in training and in eval. So the
+    standard BatchNorm gamma is |weight| + eps; conv weights (no running_var beside them) are kept.
+    """
+    out = dict(state)
+    for name, value in state.items():
+        if name.endswith(".weight") and name[: -len("weight")] + "running_var" in state:
+            out[name] = np.abs(np.asarray(value, np.float32)) + np.float32(BN_EPSILON)
     return out
 
 
@@ -239,6 +262,8 @@ def verify_official(model, args):
     head = model.get_layer("head")
     extra = _load_extra(args.extra) or HRNET_CONFIGS[args.model.split("_")[1]]
     state = clean_state_dict(read_state_dict(args.checkpoint))
+    if args.inplace_abn == "true":  # the official model under PyTorch >= 1 has plain BN: give it the same scales
+        state = inplace_abn_weights(state)
     torch_model = official_model(
         args.official_repo, state, extra, args.num_classes, head.mid_channels, head.key_channels,
         args.align_corners == "true",
@@ -267,11 +292,13 @@ def _load_extra(text):
     return data
 
 
-def convert(checkpoint, model_name, num_classes=None, out_dir=None, extra=None, backbone_only=False, **overrides):
+def convert(checkpoint, model_name, num_classes=None, out_dir=None, extra=None, backbone_only=False,
+            inplace_abn=False, **overrides):
     """Build `model_name`, load the official `checkpoint` into it, save it to `out_dir` (if given).
     backbone_only=True: build only the HRNet backbone of `model_name` ("hrnet_w48" or
     "hrnet_w48_ocr") and take only the backbone tensors (e.g. from the ImageNet-pretrained
     `hrnetv2_w48_imagenet_pretrained.pth`), saved as `<backbone>_backbone.*` for `weights=`.
+    inplace_abn=True: the file's BN weights are InPlaceABN scales (`inplace_abn_weights`).
     Returns (model, [written paths])."""
     from ocr_tf.models import BACKBONES, build_backbone, build_model
 
@@ -290,6 +317,8 @@ def convert(checkpoint, model_name, num_classes=None, out_dir=None, extra=None, 
         stem = model_name
     head = "fcn" if model_name.endswith("_fcn") else "ocr"
     state = clean_state_dict(read_state_dict(checkpoint), head)
+    if inplace_abn:
+        state = inplace_abn_weights(state)
     load_official_weights(model, state, source=os.fspath(checkpoint), backbone_only=backbone_only)
     paths = _atomic_save(model, out_dir, stem) if out_dir else []
     return model, paths
@@ -309,6 +338,9 @@ def main(argv=None):
                    "list file (default: an official file's dataset, else class_0, class_1, ...)")
     p.add_argument("--extra", help="HRNet stage config for custom widths: JSON text or a JSON/YAML file "
                    "(the official experiment YAML works: MODEL.EXTRA is used)")
+    p.add_argument("--inplace-abn", choices=("auto", "true", "false"), default="auto",
+                   help="the file's BN weights are InPlaceABN scales (|w| + 1e-5), as the official code "
+                   "writes under PyTorch 0.4; auto: true for the *_torch04* release files")
     p.add_argument("--mid-channels", type=int, help="OCR mid channels (official: 512)")
     p.add_argument("--key-channels", type=int, help="OCR key channels (official: 256)")
     p.add_argument("--align-corners", choices=("true", "false"), default="true",
@@ -321,6 +353,8 @@ def main(argv=None):
     p.add_argument("--verify-size", default="128x192", metavar="HxW",
                    help="image size of the --official-repo comparison (default 128x192)")
     args = p.parse_args(argv)
+    if args.inplace_abn == "auto":
+        args.inplace_abn = "true" if is_torch04_file(args.checkpoint) else "false"
     try:
         official = preset_defaults(args)
     except ValueError as e:
@@ -343,13 +377,15 @@ def main(argv=None):
         extra = _load_extra(args.extra)
         model, paths = convert(
             args.checkpoint, args.model, args.num_classes, args.out if args.backbone_only else None,
-            extra=extra, backbone_only=args.backbone_only, **overrides,
+            extra=extra, backbone_only=args.backbone_only, inplace_abn=args.inplace_abn == "true", **overrides,
         )
     except (CheckpointMismatch, FileNotFoundError, ImportError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for path in paths:
         print(f"wrote {path}")
+    if args.inplace_abn == "true":
+        print(f"BN weights read as InPlaceABN scales (|w| + {BN_EPSILON:g}), as the official code under PyTorch 0.4")
     errors = {}
     if args.verify:
         errors.update(verify(model, args.verify))
@@ -368,7 +404,7 @@ def main(argv=None):
             overrides["extra"] = extra
         try:
             path = write_converted_preset(model, args.model, args.checkpoint, args.out, args.dataset, overrides,
-                                          official, parity=errors)
+                                          official, parity=errors, inplace_abn=args.inplace_abn == "true")
             print(f"wrote preset {path}")
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
@@ -378,9 +414,9 @@ def main(argv=None):
 
 def preset_defaults(args):
     """An official checkpoint (known by its file name) gives --dataset and --num-classes defaults."""
-    from ocr_tf.presets import dataset_info, find_official
+    from ocr_tf.presets import dataset_info, preset_of_file
 
-    official = find_official(args.checkpoint)
+    official = preset_of_file(args.checkpoint)
     if args.dataset is None and official is not None:
         args.dataset = official.dataset
     if args.dataset is not None and args.num_classes is None and not args.backbone_only:

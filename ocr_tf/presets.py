@@ -133,6 +133,7 @@ CHECKPOINT_SUFFIXES = (".pth", ".pt", ".npz")
 URL_SCHEMES = ("http", "https", "file")
 SHA_RECORD = "sha256.json"
 EXTRA_HINT = 'pip install "ocr_tf[convert]"'
+INPLACE_ABN_NOTE = "InPlaceABN scales read as |w| + 1e-5 (official code under PyTorch 0.4)"
 # A download folder this old belongs to a process that was killed (no download takes a day).
 STALE_DOWNLOAD_S = 24 * 3600
 
@@ -157,18 +158,21 @@ class PresetSpec:
         sha256: the checkpoint's sha256 if known; None: recorded at the first download.
         model_overrides: `build_model` overrides the checkpoint needs (widths, align_corners).
         parity: a measured agreement with the official PyTorch model, if known (text).
+        inplace_abn: the file's BN weights are InPlaceABN scales (`ocr_tf.convert.inplace_abn_weights`);
+            None: so for the `_torch04` release files (trained under PyTorch 0.4.1).
     """
 
     name: str
     url: str
     model: str
     dataset: str
-    published_miou: float = None
+    published_miou: float | None = None
     miou_protocol: str = ""
     description: str = ""
-    sha256: str = None
+    sha256: str | None = None
     model_overrides: dict = dataclasses.field(default_factory=lambda: dict(OFFICIAL_OVERRIDES))
-    parity: str = None
+    parity: str | None = None
+    inplace_abn: bool | None = None
 
     def __post_init__(self):
         if not self.name or os.sep in self.name or self.name.startswith("."):
@@ -184,6 +188,12 @@ class PresetSpec:
     @property
     def file_name(self):
         return os.path.basename(urllib.parse.unquote(urllib.parse.urlsplit(self.url).path))
+
+    @property
+    def reads_inplace_abn(self):
+        from ocr_tf.convert import is_torch04_file
+
+        return is_torch04_file(self.file_name) if self.inplace_abn is None else bool(self.inplace_abn)
 
     def as_dict(self):
         return {**dataclasses.asdict(self), "file_name": self.file_name}
@@ -266,7 +276,7 @@ def list_presets():
     return {name: spec.as_dict() for name, spec in _PRESETS.items()}
 
 
-def find_official(file_name):
+def preset_of_file(file_name):
     """The preset whose checkpoint file is named `file_name`, or None."""
     return next((s for s in _PRESETS.values() if s.file_name == os.path.basename(file_name)), None)
 
@@ -369,7 +379,8 @@ def dataset_info(dataset, source):
         raise UserError(f"dataset {dataset!r} for {source}: {e}") from None
 
 
-def segmenter_from_checkpoint(checkpoint, model, dataset, model_overrides=None, provenance=None, source=None):
+def segmenter_from_checkpoint(checkpoint, model, dataset, model_overrides=None, provenance=None, source=None,
+                              inplace_abn=False):
     """Convert an official checkpoint file into a Segmenter with the dataset's classes.
 
     Args:
@@ -379,8 +390,9 @@ def segmenter_from_checkpoint(checkpoint, model, dataset, model_overrides=None, 
         model_overrides: `build_model` overrides (widths, align_corners).
         provenance: extra provenance entries; sha256, source_file and converter are added.
         source: how to name the checkpoint in errors (e.g. its URL); default: its path.
+        inplace_abn: the BN weights are InPlaceABN scales (`ocr_tf.convert.inplace_abn_weights`).
     """
-    from ocr_tf.convert import clean_state_dict, load_official_weights, read_state_dict
+    from ocr_tf.convert import clean_state_dict, inplace_abn_weights, load_official_weights, read_state_dict
     from ocr_tf.models import build_model
 
     source = source or os.fspath(checkpoint)
@@ -394,13 +406,14 @@ def segmenter_from_checkpoint(checkpoint, model, dataset, model_overrides=None, 
         raise UserError(f"{source} is not a readable checkpoint ({type(e).__name__}: {first}).") from None
     overrides = dict(model_overrides or {})
     network = build_model(model, info.num_classes, **overrides)
-    head = "fcn" if model.endswith("_fcn") else "ocr"
-    load_official_weights(network, clean_state_dict(state, head), source=source)
+    state = clean_state_dict(state, "fcn" if model.endswith("_fcn") else "ocr")
+    load_official_weights(network, inplace_abn_weights(state) if inplace_abn else state, source=source)
+    provenance = {**(provenance or {}), "bn_weights": INPLACE_ABN_NOTE if inplace_abn else None}
     return converted_segmenter(network, model, checkpoint, dataset, overrides, provenance, source)
 
 
 def write_converted_preset(network, model, checkpoint, out, dataset=None, model_overrides=None, official=None,
-                           parity=None):
+                           parity=None, inplace_abn=False):
     """`python -m ocr_tf.convert`'s preset: the converted network with its classes and provenance.
 
     Args:
@@ -410,11 +423,12 @@ def write_converted_preset(network, model, checkpoint, out, dataset=None, model_
         official: the `PresetSpec` of an official release of that file name (source URL and
             published mIoU go into the provenance), or None.
         parity: {check name: max |a-b|/max|b|} of the verifications that ran, if any.
+        inplace_abn: whether the BN weights were read as InPlaceABN scales (noted in the provenance).
     """
-    provenance = {}
+    provenance = {"bn_weights": INPLACE_ABN_NOTE if inplace_abn else None}
     if official is not None:
-        provenance = {"preset": official.name, "source_url": official.url,
-                      "published_miou": official.published_miou, "miou_protocol": official.miou_protocol or None}
+        provenance.update({"preset": official.name, "source_url": official.url,
+                           "published_miou": official.published_miou, "miou_protocol": official.miou_protocol or None})
     if parity:
         provenance["parity"] = f"max |a-b|/max|b| {max(parity.values()):.3g} ({', '.join(sorted(parity))})"
     segmenter = converted_segmenter(network, model, checkpoint, dataset, model_overrides, provenance)
@@ -480,7 +494,7 @@ def _download_and_convert(spec, root, target):
         provenance = {"preset": spec.name, "source_url": spec.url, "published_miou": spec.published_miou,
                       "miou_protocol": spec.miou_protocol or None, "parity": spec.parity}
         segmenter = segmenter_from_checkpoint(path, spec.model, spec.dataset, spec.model_overrides,
-                                              provenance, source=spec.url)
+                                              provenance, source=spec.url, inplace_abn=spec.reads_inplace_abn)
         write_preset(segmenter, target)
         _record_sha(root, spec.url, digest)
     finally:

@@ -285,16 +285,29 @@ def test_torch_missing_names_the_extra_before_downloading(config, checkpoint, cl
     assert server.requests == [] and files_under(cache) == []
 
 
-def test_pytorch_04_legacy_files_with_dataparallel_names_read_as_the_official_state(state, tmp_path):
-    # The _torch04 releases come from the official code under PyTorch 0.4.1, where bn_helper.py
-    # makes BatchNorm2d an InPlaceABNSync(activation='none') with the same parameter names (weight,
-    # bias, running_mean, running_var) and no num_batches_tracked; saved in the pre-1.6 format.
-    path = tmp_path / "hrnet_ocr_lip_torch04_style.pth"
-    path.write_bytes(pth_bytes(state, tmp_path, legacy=True, prefix="module.model."))
-    assert not path.read_bytes().startswith(b"PK")  # legacy format, not a zip
-    cleaned = convert.clean_state_dict(convert.read_state_dict(path))
-    assert cleaned.keys() == state.keys()
-    assert all(np.array_equal(cleaned[k], state[k]) for k in state)
+def torch04_state(state, seed=0):
+    """The fixture as the official code under PyTorch 0.4.1 stores it: every BatchNorm is an
+    InPlaceABNSync(activation='none') (bn_helper.py), same names, no num_batches_tracked, but its
+    kernels scale by |weight| + 1e-5; so the stored weight is +-(gamma - 1e-5), either sign."""
+    rng = np.random.default_rng(seed)
+    out = dict(state)
+    for name, value in state.items():
+        if name.endswith(".weight") and name[: -len("weight")] + "running_var" in state:
+            assert value.min() > 1e-5  # representable as |w| + eps
+            out[name] = (rng.choice([-1.0, 1.0], value.shape) * (value - 1e-5)).astype(np.float32)
+    assert sum((out[k] < 0).sum() for k in out if k.endswith(".weight")) > 100  # plain BN would differ
+    return out
+
+
+def test_torch04_release_files_are_read_with_inplace_abn_scales(fixture, config, state, classes_file, cache,
+                                                                server, tmp_path):
+    # PyTorch 0.4's file format (not a zip) and DataParallel's `module.` prefix, as the _torch04 files
+    body = pth_bytes(torch04_state(state), tmp_path, legacy=True, prefix="module.model.")
+    assert not body.startswith(b"PK")
+    server.files["/hrnet_ocr_tiny_torch04.pth"] = (body, "full")
+    seg = ocr_tf.Segmenter.from_preset(tiny_spec(config, server.url("/hrnet_ocr_tiny_torch04.pth"), classes_file))
+    assert max_rel_error(seg, fixture) < TOL
+    assert seg.provenance["bn_weights"] == presets.INPLACE_ABN_NOTE
 
 
 def test_names_that_no_official_code_writes_are_refused_with_the_full_list(config, state, tmp_path):
@@ -312,8 +325,9 @@ def test_names_that_no_official_code_writes_are_refused_with_the_full_list(confi
     assert "ocr_distri_head.object_context_block.f_pixel.1.weight" in str(err.value)
 
 
-def test_convert_cli_writes_a_preset_with_provenance(fixture, config, checkpoint, classes_file, tmp_path, capsys):
-    pth = tmp_path / "hrnet_ocr_tiny_torch11.pth"
+def test_convert_cli_writes_a_preset_with_provenance(fixture, config, state, classes_file, tmp_path, capsys):
+    pth = tmp_path / "hrnet_ocr_tiny_torch04.pth"  # a _torch04 name: InPlaceABN scales unless --inplace-abn false
+    checkpoint = pth_bytes(torch04_state(state, seed=1), tmp_path, legacy=True)
     pth.write_bytes(checkpoint)
     out = tmp_path / "preset"
     rc = convert.main([
@@ -327,10 +341,18 @@ def test_convert_cli_writes_a_preset_with_provenance(fixture, config, checkpoint
     assert max_rel_error(seg, fixture) < TOL
     assert seg.class_names == list(TINY_CLASSES) and seg.num_classes == 5
     assert seg.provenance["sha256"] == hashlib.sha256(checkpoint).hexdigest()
-    assert seg.provenance["source_file"] == "hrnet_ocr_tiny_torch11.pth"
+    assert seg.provenance["source_file"] == "hrnet_ocr_tiny_torch04.pth"
     assert seg.provenance["parity"].startswith("max |a-b|/max|b| ")
     assert float(seg.provenance["parity"].split()[2]) < TOL
-    assert f"wrote preset {out}" in capsys.readouterr().out
+    assert seg.provenance["bn_weights"] == presets.INPLACE_ABN_NOTE
+    printed = capsys.readouterr().out
+    assert f"wrote preset {out}" in printed and "InPlaceABN" in printed
+    # read as plain BatchNorm weights, the same file misses the official outputs: nothing is written
+    rc = convert.main(["--checkpoint", str(pth), "--model", "hrnet_w18_ocr", "--dataset", classes_file,
+                       "--out", str(tmp_path / "plain"), "--extra", json.dumps(config["extra"]), "--mid-channels",
+                       "32", "--key-channels", "16", "--verify", FIXTURE, "--inplace-abn", "false"])
+    assert rc == 2 and not (tmp_path / "plain").exists()
+    assert "no preset written" in capsys.readouterr().err
 
 
 def test_unknown_preset_lists_the_names(tmp_path):
