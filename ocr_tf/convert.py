@@ -2,15 +2,17 @@
 `hrnet_ocr_cs_8162_torch11.pth`) into Keras models.
 
     python -m ocr_tf.convert --checkpoint hrnet_ocr_cs_8162_torch11.pth --model hrnet_w48_ocr \
-        --num-classes 19 --out converted/
+        --dataset cityscapes --out hrnet_w48_ocr_cityscapes/
 
 Reads a `.pth` with torch (`weights_only=True`; torch is optional and only needed for `.pth`) or an
 `.npz` of the state_dict (names as keys; a `state/` key prefix, as in the test fixture, is accepted).
 Drops the `model.` prefix of released files, skips `loss.*` (class weights) and BN's
 `num_batches_tracked`, reads `last_layer.*` (seg_hrnet's head) as the OCR model's `aux_head.*`,
 transposes conv kernels OIHW -> HWIO. Every missing, unexpected or mis-shaped tensor stops the
-conversion with the full list: a checkpoint never loads half-way. Writes `<model>.keras` and
-`<model>.weights.h5` atomically. `--verify REF.npz` runs the reference inputs (`input_N`, NCHW)
+conversion with the full list: a checkpoint never loads half-way. Writes a preset folder
+(`Segmenter.from_preset(DIR)`; ocr_tf/presets.py) atomically: the network with the classes of
+`--dataset` (an official file, known by its name, brings its own dataset and published mIoU) and the
+provenance (file name, sha256, converter version, the `--verify` figure). `--verify REF.npz` runs the reference inputs (`input_N`, NCHW)
 through the converted model and compares with the reference outputs (`aux_N`, `out_N`);
 `--official-repo DIR` (a clone of the official repository, which is not bundled) runs a random
 image through the official PyTorch model with the same checkpoint and compares (ocr_tf/official.py).
@@ -33,6 +35,8 @@ from ocr_tf.errors import UserError
 
 # Relative error allowed by `--verify` (max |a - b| / max |b|).
 VERIFY_TOLERANCE = 1e-4
+# BatchNorm epsilon of the official code (nn.BatchNorm2d's and InPlaceABNSync's default).
+BN_EPSILON = 1e-5
 # Top-level modules of the official HRNet backbone (stem, stage 1, transitions, stages 2-4).
 BACKBONE_ROOTS = ("conv1", "bn1", "conv2", "bn2", "layer1", "transition1", "transition2", "transition3",
                   "stage2", "stage3", "stage4")
@@ -67,7 +71,7 @@ def read_state_dict(path):
         import torch
     except ImportError:
         raise ImportError(
-            f"Reading {path} needs PyTorch (pip install torch, CPU build is enough), "
+            f'Reading {path} needs PyTorch: pip install "ocr_tf[convert]" (CPU torch), '
             "or convert the state_dict to .npz first."
         ) from None
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -90,6 +94,27 @@ def clean_state_dict(state, head="ocr"):
         out[name] = value
     if head == "ocr" and not any(n.startswith("aux_head.") for n in out):
         out = {("aux_head." + n[len("last_layer.") :] if n.startswith("last_layer.") else n): v for n, v in out.items()}
+    return out
+
+
+def is_torch04_file(path):
+    """The [HR] README's `_torch04` release files were trained and evaluated under PyTorch 0.4.1."""
+    return "_torch04" in os.path.basename(os.fspath(path))
+
+
+def inplace_abn_weights(state):
+    """A state dict written by the official code under PyTorch 0.4, with its BN scales made standard.
+
+    Under PyTorch 0.4 the official lib/models/bn_helper.py makes every BatchNorm2d an
+    InPlaceABNSync(activation='none'): the same tensor names, but its kernels scale by
+    |weight| + eps, not weight (sync_bn/inplace_abn/src/inplace_abn_cpu.cpp forward_cpu:
+    `gamma = abs(weight) + eps`; the CUDA kernels likewise), in training and in eval. So the
+    standard BatchNorm gamma is |weight| + eps; conv weights (no running_var beside them) are kept.
+    """
+    out = dict(state)
+    for name, value in state.items():
+        if name.endswith(".weight") and name[: -len("weight")] + "running_var" in state:
+            out[name] = np.abs(np.asarray(value, np.float32)) + np.float32(BN_EPSILON)
     return out
 
 
@@ -238,6 +263,8 @@ def verify_official(model, args):
     head = model.get_layer("head")
     extra = _load_extra(args.extra) or HRNET_CONFIGS[args.model.split("_")[1]]
     state = clean_state_dict(read_state_dict(args.checkpoint))
+    if args.inplace_abn == "true":  # the official model under PyTorch >= 1 has plain BN: give it the same scales
+        state = inplace_abn_weights(state)
     torch_model = official_model(
         args.official_repo, state, extra, args.num_classes, head.mid_channels, head.key_channels,
         args.align_corners == "true",
@@ -266,11 +293,13 @@ def _load_extra(text):
     return data
 
 
-def convert(checkpoint, model_name, num_classes=None, out_dir=None, extra=None, backbone_only=False, **overrides):
+def convert(checkpoint, model_name, num_classes=None, out_dir=None, extra=None, backbone_only=False,
+            inplace_abn=False, **overrides):
     """Build `model_name`, load the official `checkpoint` into it, save it to `out_dir` (if given).
     backbone_only=True: build only the HRNet backbone of `model_name` ("hrnet_w48" or
     "hrnet_w48_ocr") and take only the backbone tensors (e.g. from the ImageNet-pretrained
     `hrnetv2_w48_imagenet_pretrained.pth`), saved as `<backbone>_backbone.*` for `weights=`.
+    inplace_abn=True: the file's BN weights are InPlaceABN scales (`inplace_abn_weights`).
     Returns (model, [written paths])."""
     from ocr_tf.models import BACKBONES, build_backbone, build_model
 
@@ -289,6 +318,8 @@ def convert(checkpoint, model_name, num_classes=None, out_dir=None, extra=None, 
         stem = model_name
     head = "fcn" if model_name.endswith("_fcn") else "ocr"
     state = clean_state_dict(read_state_dict(checkpoint), head)
+    if inplace_abn:
+        state = inplace_abn_weights(state)
     load_official_weights(model, state, source=os.fspath(checkpoint), backbone_only=backbone_only)
     paths = _atomic_save(model, out_dir, stem) if out_dir else []
     return model, paths
@@ -302,9 +333,15 @@ def main(argv=None):
     p.add_argument("--backbone-only", action="store_true",
                    help="convert only the HRNet backbone (e.g. the ImageNet-pretrained .pth) to "
                    "<backbone>_backbone.weights.h5, for build_model(..., weights=...)")
-    p.add_argument("--out", required=True, help="output directory for <model>.keras and <model>.weights.h5")
+    p.add_argument("--out", required=True, help="the preset folder to write (Segmenter.from_preset reads it); "
+                   "with --backbone-only, the folder for <backbone>_backbone.weights.h5")
+    p.add_argument("--dataset", help="classes, palette and flip pairs of the preset: a dataset name or a class "
+                   "list file (default: an official file's dataset, else class_0, class_1, ...)")
     p.add_argument("--extra", help="HRNet stage config for custom widths: JSON text or a JSON/YAML file "
                    "(the official experiment YAML works: MODEL.EXTRA is used)")
+    p.add_argument("--inplace-abn", choices=("auto", "true", "false"), default="auto",
+                   help="the file's BN weights are InPlaceABN scales (|w| + 1e-5), as the official code "
+                   "writes under PyTorch 0.4; auto: true for the *_torch04* release files")
     p.add_argument("--mid-channels", type=int, help="OCR mid channels (official: 512)")
     p.add_argument("--key-channels", type=int, help="OCR key channels (official: 256)")
     p.add_argument("--align-corners", choices=("true", "false"), default="true",
@@ -317,8 +354,14 @@ def main(argv=None):
     p.add_argument("--verify-size", default="128x192", metavar="HxW",
                    help="image size of the --official-repo comparison (default 128x192)")
     args = p.parse_args(argv)
+    if args.inplace_abn == "auto":
+        args.inplace_abn = "true" if is_torch04_file(args.checkpoint) else "false"
+    try:
+        official = preset_defaults(args)
+    except ValueError as e:
+        p.error(str(e))
     if args.num_classes is None and not args.backbone_only:
-        p.error("--num-classes is required unless --backbone-only")
+        p.error("--num-classes is required unless --backbone-only, --dataset or an official checkpoint")
     if (args.verify or args.official_repo) and args.backbone_only:
         p.error("--verify / --official-repo need a whole model's outputs, not --backbone-only")
     if args.official_repo and not (args.model.startswith("hrnet") and args.model.endswith("_ocr")):
@@ -332,15 +375,18 @@ def main(argv=None):
     try:
         if args.backbone_only:
             overrides = {"align_corners": overrides["align_corners"]}
+        extra = _load_extra(args.extra)
         model, paths = convert(
-            args.checkpoint, args.model, args.num_classes, args.out, extra=_load_extra(args.extra),
-            backbone_only=args.backbone_only, **overrides,
+            args.checkpoint, args.model, args.num_classes, args.out if args.backbone_only else None,
+            extra=extra, backbone_only=args.backbone_only, inplace_abn=args.inplace_abn == "true", **overrides,
         )
     except (CheckpointMismatch, FileNotFoundError, ImportError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for path in paths:
         print(f"wrote {path}")
+    if args.inplace_abn == "true":
+        print(f"BN weights read as InPlaceABN scales (|w| + {BN_EPSILON:g}), as the official code under PyTorch 0.4")
     errors = {}
     if args.verify:
         errors.update(verify(model, args.verify))
@@ -350,9 +396,33 @@ def main(argv=None):
         for key, err in errors.items():
             print(f"verify {key}: max|a-b|/max|b| = {err:.3g}")
         if max(errors.values()) >= VERIFY_TOLERANCE:
-            print(f"error: verification above {VERIFY_TOLERANCE}", file=sys.stderr)
+            print(f"error: verification above {VERIFY_TOLERANCE}; no preset written", file=sys.stderr)
             return 2
+    if not args.backbone_only:
+        from ocr_tf.presets import write_converted_preset
+
+        if extra is not None:
+            overrides["extra"] = extra
+        try:
+            path = write_converted_preset(model, args.model, args.checkpoint, args.out, args.dataset, overrides,
+                                          official, parity=errors, inplace_abn=args.inplace_abn == "true")
+            print(f"wrote preset {path}")
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     return 0
+
+
+def preset_defaults(args):
+    """An official checkpoint (known by its file name) gives --dataset and --num-classes defaults."""
+    from ocr_tf.presets import dataset_info, preset_of_file
+
+    official = preset_of_file(args.checkpoint)
+    if args.dataset is None and official is not None:
+        args.dataset = official.dataset
+    if args.dataset is not None and args.num_classes is None and not args.backbone_only:
+        args.num_classes = dataset_info(args.dataset, args.checkpoint).num_classes
+    return official
 
 
 if __name__ == "__main__":

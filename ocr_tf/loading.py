@@ -82,7 +82,6 @@ def load_segmenter(weights, *, model=None, overrides=None, dataset=None, num_cla
         num_classes: class count when neither the file nor `dataset` gives one.
         say: where to report what was overridden (print by default).
     """
-    import keras
 
     import ocr_tf
 

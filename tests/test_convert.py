@@ -5,10 +5,10 @@ import copy
 import json
 import os
 
-import keras
 import numpy as np
 import pytest
 
+import ocr_tf
 from ocr_tf import convert
 from ocr_tf.models import build_model
 
@@ -78,14 +78,17 @@ def test_cli_writes_keras_and_weights_files_that_reload(fixture, config, tmp_pat
         "--extra", str(extra), "--mid-channels", "32", "--key-channels", "16", "--verify", FIXTURE,
     ])
     assert rc == 0
-    assert sorted(os.listdir(out)) == ["hrnet_w18_ocr.keras", "hrnet_w18_ocr.weights.h5"]  # no temp left
+    # a preset folder (ocr_tf/presets.py), no temp left
+    assert sorted(os.listdir(out)) == ["README.md", "config.json", "labels.txt", "metadata.json", "model.weights.h5"]
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]
     printed = capsys.readouterr().out
     assert printed.count("verify ") == 4
-    reloaded = keras.models.load_model(out / "hrnet_w18_ocr.keras")
-    assert max(rel_errors(reloaded, fixture).values()) < TOL
-    fresh = tiny_model(config)
-    fresh.load_weights(out / "hrnet_w18_ocr.weights.h5")
-    assert max(rel_errors(fresh, fixture).values()) < TOL
+    reloaded = ocr_tf.Segmenter.from_preset(str(out))
+    assert max(rel_errors(reloaded.network, fixture).values()) < TOL
+    assert reloaded.class_names == [f"class_{k}" for k in range(5)]  # no --dataset: generic names
+    fresh = ocr_tf.Segmenter(tiny_model(config), reloaded.class_names)
+    fresh.load_weights(out / "model.weights.h5")
+    assert max(rel_errors(fresh.network, fixture).values()) < TOL
 
 
 def test_pth_with_model_prefix_and_loss_keys_converts(fixture, config, state, tmp_path):
