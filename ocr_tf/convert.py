@@ -176,6 +176,13 @@ def load_official_weights(model, state, source="<state_dict>", backbone_only=Fal
         targets, state = backbone_variables(model), backbone_part(state)
     else:
         targets = official_variables(model)
+    assign_strict(targets, state, source)
+
+
+def assign_strict(targets, state, source="<state_dict>"):
+    """Assign `state` ({name: PyTorch-layout array}) to `targets` ({name: keras variable}) only if
+    every name matches in both directions with the right shape; else CheckpointMismatch listing
+    every problem, before anything is assigned."""
     missing = sorted(set(targets) - set(state))
     unexpected = sorted(set(state) - set(targets))
     mismatched = []
