@@ -24,7 +24,6 @@ import math
 import keras
 from keras import ops
 
-from ocr_tf.backbones import hrnet_backbone, load_backbone_weights
 from ocr_tf.layers.common import ConvBN, head_output_shapes
 from ocr_tf.layers.ocr import OCRHead
 
@@ -146,6 +145,8 @@ def build_mscale_ocr(
         weights: a local backbone weight file (`load_backbone_weights`), or None.
         name: the model's name.
     """
+    from ocr_tf.backbones import hrnet_backbone, load_backbone_weights  # (backbones import layers)
+
     backbone = hrnet_backbone(extra, input_shape, align_corners, synchronized)
     if weights is not None:
         load_backbone_weights(backbone, weights)
