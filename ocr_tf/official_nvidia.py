@@ -10,6 +10,7 @@ The network is built through its own `MscaleOCR` and run through its own `nscale
 Needs torch (`pip install -e ".[convert]"`).
 """
 
+import contextlib
 import importlib
 import os
 import sys
@@ -48,13 +49,30 @@ def _is_nvidia_module(name):
     return name.split(".")[0] in _NVIDIA_ROOTS
 
 
-def build_nvidia_mscale(repo, extra, num_classes, mid_channels=512, key_channels=256, attn_channels=256):
-    """NVIDIA's `MscaleOCR` (HRNetV2 trunk, `extra` = stage config in the official form), freshly
-    initialised by its own code, in eval mode. Returns the torch module."""
+@contextlib.contextmanager
+def _nvidia_imports(repo):
+    """Import from the checkout `repo` with the stand-ins; yields its `config.cfg`. Afterwards every
+    module of the checkout (and every stand-in) leaves sys.modules again."""
+    import torch
+
+    saved = {n: m for n, m in sys.modules.items() if _is_nvidia_module(n)}
+    for name in saved:
+        del sys.modules[name]
+    sys.modules.update(_stand_ins())
+    sys.path.insert(0, repo)
     try:
-        import torch
-    except ImportError as e:
-        raise ImportError('Running NVIDIA\'s model needs torch: pip install -e ".[convert]"') from e
+        cfg = importlib.import_module("config").cfg
+        cfg.MODEL.BNFUNC = torch.nn.BatchNorm2d
+        cfg.OPTIONS.TORCH_VERSION = float(".".join(torch.__version__.split(".")[:2]))
+        yield cfg
+    finally:
+        sys.path.remove(repo)
+        for name in [n for n in sys.modules if _is_nvidia_module(n)]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
+def _check_repo(repo):
     repo = os.path.abspath(repo)
     if not os.path.isfile(os.path.join(repo, "network", "ocrnet.py")) or not os.path.isfile(
         os.path.join(repo, "config.py")
@@ -63,17 +81,41 @@ def build_nvidia_mscale(repo, extra, num_classes, mid_channels=512, key_channels
             f"{repo} has no network/ocrnet.py and config.py: --official-repo must be a checkout of "
             "NVIDIA/semantic-segmentation (git clone https://github.com/NVIDIA/semantic-segmentation)."
         )
-    saved = {n: m for n, m in sys.modules.items() if _is_nvidia_module(n)}
-    for name in saved:
-        del sys.modules[name]
-    sys.modules.update(_stand_ins())
-    sys.path.insert(0, repo)
+    return repo
+
+
+def nvidia_rmi_loss(repo, logits, labels, num_classes, do_rmi=True):
+    """NVIDIA's `RMILoss` (loss/rmi.py, the Cityscapes recipe's criterion) on NCHW float32
+    `logits` and (B, H, W) int `labels`: BCE alone (do_rmi=False) or 0.5 BCE + 0.5 RMI."""
+    import torch
+
+    repo = _check_repo(repo)
+    with _nvidia_imports(repo):
+        rmi = importlib.import_module("loss.rmi")
+        criterion = rmi.RMILoss(num_classes=int(num_classes), ignore_index=255)
+        # It moves its 9-vectors to `torch.cuda.DoubleTensor`; float64 on the CPU is the same math.
+        cuda_double = torch.cuda.DoubleTensor
+        torch.cuda.DoubleTensor = torch.DoubleTensor
+        try:
+            with torch.no_grad():
+                value = criterion(torch.from_numpy(np.asarray(logits, np.float32)),
+                                  torch.from_numpy(np.asarray(labels, np.int64)), do_rmi=do_rmi)
+        finally:
+            torch.cuda.DoubleTensor = cuda_double
+    return float(value)
+
+
+def build_nvidia_mscale(repo, extra, num_classes, mid_channels=512, key_channels=256, attn_channels=256):
+    """NVIDIA's `MscaleOCR` (HRNetV2 trunk, `extra` = stage config in the official form), freshly
+    initialised by its own code, in eval mode. Returns the torch module."""
     try:
-        cfg = importlib.import_module("config").cfg
+        import torch
+    except ImportError as e:
+        raise ImportError('Running NVIDIA\'s model needs torch: pip install -e ".[convert]"') from e
+    repo = _check_repo(repo)
+    with _nvidia_imports(repo) as cfg:
         # What `assert_and_infer_cfg` would set, plus the widths; before the network modules are
         # imported, since they read some fields at import (align_corners, the checkpoint default).
-        cfg.MODEL.BNFUNC = torch.nn.BatchNorm2d
-        cfg.OPTIONS.TORCH_VERSION = float(".".join(torch.__version__.split(".")[:2]))
         cfg.MODEL.HRNET_CHECKPOINT = ""  # no ImageNet weights: random init
         cfg.MODEL.OCR_EXTRA = {k: dict(v) for k, v in extra.items() if k.startswith("STAGE")}
         cfg.MODEL.OCR.MID_CHANNELS = int(mid_channels)
@@ -90,11 +132,6 @@ def build_nvidia_mscale(repo, extra, num_classes, mid_channels=512, key_channels
         finally:
             if lend:
                 del np.int
-    finally:
-        sys.path.remove(repo)
-        for name in [n for n in sys.modules if _is_nvidia_module(n)]:
-            del sys.modules[name]
-        sys.modules.update(saved)
     return model.eval()
 
 

@@ -23,6 +23,9 @@ Keys of the .npz:
   logits of `nscale_forward`, NCHW at the input size.
 - `attn_N`: the attention of NVIDIA's `_fwd` at scale 1.0 (resized to the input size), to tell an
   attention-head error from a merge error.
+- `loss_logits` (1x5x32x40, NCHW), `loss_labels` (1x32x40 uint8, 255 = ignore): NVIDIA's criterion
+  (`loss/rmi.py` RMILoss, K=5) on them: `loss_bce` (do_rmi=False: the BCE of the aux and per-scale
+  terms) and `loss_bce_rmi` (do_rmi=True: 0.5 BCE + 0.5 RMI, the merged-prediction term).
 Expected: our converted model reproduces every `pred_*` with max |a - b| / max |b| < 1e-4.
 """
 
@@ -36,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from ocr_tf.official_nvidia import build_nvidia_mscale, run_nvidia  # noqa: E402
+from ocr_tf.official_nvidia import build_nvidia_mscale, nvidia_rmi_loss, run_nvidia  # noqa: E402
 
 
 def _stage(modules, block, blocks, channels):
@@ -114,6 +117,14 @@ def make(repo, seed=0):
         with torch.no_grad():
             fwd = model._fwd(torch.from_numpy(x))
         arrays[f"attn_{n}"] = fwd["logit_attn"].numpy()
+    # NVIDIA's criterion (loss/rmi.py RMILoss) on random logits and blocky labels with ignored pixels.
+    k = TINY["num_classes"]
+    logits = (3 * rng.normal(size=(1, k, 32, 40))).astype(np.float32)
+    labels = np.repeat(np.repeat(rng.integers(0, k, size=(1, 8, 10)), 4, axis=1), 4, axis=2)
+    labels[0, :5, :7] = 255
+    arrays["loss_logits"], arrays["loss_labels"] = logits, labels.astype(np.uint8)
+    arrays["loss_bce"] = np.float64(nvidia_rmi_loss(repo, logits, labels, k, do_rmi=False))
+    arrays["loss_bce_rmi"] = np.float64(nvidia_rmi_loss(repo, logits, labels, k, do_rmi=True))
     config = {
         "extra": TINY_EXTRA,
         "num_classes": TINY["num_classes"],

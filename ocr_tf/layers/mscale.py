@@ -24,7 +24,7 @@ import math
 import keras
 from keras import ops
 
-from ocr_tf.layers.common import ConvBN, head_output_shapes
+from ocr_tf.layers.common import ConvBN, head_output_shapes, resize_bilinear
 from ocr_tf.layers.ocr import OCRHead
 
 OUTPUT_KEYS = ("logits", "aux_logits", "attention")
@@ -178,11 +178,20 @@ def is_mscale(network):
 # ------------------------------------------------------------------------------ scales and merge
 
 
+def _static(values):
+    return all(isinstance(v, int) for v in values)
+
+
 def _resize(x, size):
-    """Bilinear, half-pixel centres, no antialiasing (PyTorch align_corners=False); identity at equal size."""
+    """Bilinear, half-pixel centres, no antialiasing (PyTorch align_corners=False); identity at
+    equal size (also the result of the resize itself, so skipping it changes nothing)."""
+    if not _static(size):
+        # keras.ops.image.resize needs Python-int sizes; sizes known only when a graph runs (any
+        # image size in one tf.function) go through the shared TF resize with the same semantics.
+        return resize_bilinear(x, ops.stack(size), align_corners=False)
     if tuple(x.shape[1:3]) == tuple(size):
         return x
-    return ops.image.resize(x, size, interpolation="bilinear", antialias=False)
+    return ops.image.resize(x, tuple(size), interpolation="bilinear", antialias=False)
 
 
 def _hw(x):
@@ -191,8 +200,11 @@ def _hw(x):
 
 
 def scaled_size(height, width, scale):
-    """(floor(H * s), floor(W * s)), PyTorch's size for `scale_factor=s` with recompute."""
-    return int(math.floor(height * scale)), int(math.floor(width * scale))
+    """(floor(H * s), floor(W * s)), PyTorch's size for `scale_factor=s` with recompute (in
+    float64, as Python computes it; also for sizes only known when the graph runs)."""
+    if _static((height, width)):
+        return int(math.floor(height * scale)), int(math.floor(width * scale))
+    return tuple(ops.cast(ops.floor(ops.cast(v, "float64") * scale), "int32") for v in (height, width))
 
 
 def check_scales(scales):
