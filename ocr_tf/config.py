@@ -59,6 +59,10 @@ class LossConfig:
     ohem: bool = False  # OHEM on the final logits only, as [HR]
     ohem_threshold: float = 0.9
     ohem_min_kept: int = 131072  # per replica, as [HR] (per GPU)
+    # *_mscale_ocr models only (NVIDIA's two-scale training, ocr_tf/losses_mscale.py):
+    mscale_lo_scale: float = 0.5  # the low training scale (the other is 1.0)
+    mscale_scale_weight: float = 0.05  # BCE on each scale's own logits
+    mscale_rmi: bool = True  # RMI on the merged logits (0.5 BCE + 0.5 RMI)
 
 
 @dataclass

@@ -202,6 +202,13 @@ def load_official_weights(model, state, source="<state_dict>", backbone_only=Fal
         targets, state = backbone_variables(model), backbone_part(state)
     else:
         targets = official_variables(model)
+    assign_strict(targets, state, source)
+
+
+def assign_strict(targets, state, source="<state_dict>"):
+    """Assign `state` ({name: PyTorch-layout array}) to `targets` ({name: keras variable}) only if
+    every name matches in both directions with the right shape; else CheckpointMismatch listing
+    every problem, before anything is assigned."""
     missing = sorted(set(targets) - set(state))
     unexpected = sorted(set(state) - set(targets))
     mismatched = []
@@ -262,6 +269,12 @@ def verify_official(model, args):
 
     head = model.get_layer("head")
     extra = _load_extra(args.extra) or HRNET_CONFIGS[args.model.split("_")[1]]
+    if _is_mscale_name(args.model):  # NVIDIA's code instead of [HR]'s
+        from ocr_tf.convert_nvidia import verify_with_nvidia
+
+        state = clean_state_dict(read_state_dict(args.checkpoint), head="mscale")
+        size = tuple(int(v) for v in args.verify_size.lower().split("x"))
+        return verify_with_nvidia(model, args.official_repo, state, extra, args.num_classes, size)
     state = clean_state_dict(read_state_dict(args.checkpoint))
     if args.inplace_abn == "true":  # the official model under PyTorch >= 1 has plain BN: give it the same scales
         state = inplace_abn_weights(state)
@@ -271,6 +284,12 @@ def verify_official(model, args):
     )
     size = tuple(int(v) for v in args.verify_size.lower().split("x"))
     return {f"official_{k}": v for k, v in compare_with_official(model, torch_model, size).items()}
+
+
+def _is_mscale_name(name):
+    from ocr_tf.models import MSCALE_MODELS
+
+    return name in MSCALE_MODELS
 
 
 def _load_extra(text):
@@ -301,10 +320,19 @@ def convert(checkpoint, model_name, num_classes=None, out_dir=None, extra=None, 
     `hrnetv2_w48_imagenet_pretrained.pth`), saved as `<backbone>_backbone.*` for `weights=`.
     inplace_abn=True: the file's BN weights are InPlaceABN scales (`inplace_abn_weights`).
     Returns (model, [written paths])."""
-    from ocr_tf.models import BACKBONES, build_backbone, build_model
+    from ocr_tf.models import BACKBONES, MSCALE_MODELS, build_backbone, build_model
 
     if extra is not None:
         overrides["extra"] = extra
+    if model_name in MSCALE_MODELS and not backbone_only:  # NVIDIA's format (convert_nvidia.py)
+        from ocr_tf.convert_nvidia import load_nvidia_weights
+
+        if num_classes is None:
+            raise ValueError("num_classes is required.")
+        model = build_model(model_name, num_classes, **overrides)
+        state = clean_state_dict(read_state_dict(checkpoint), head="mscale")
+        load_nvidia_weights(model, state, source=os.fspath(checkpoint))
+        return model, (_atomic_save(model, out_dir, model_name) if out_dir else [])
     if backbone_only:
         backbone = model_name if model_name in BACKBONES else model_name.rsplit("_", 1)[0]
         if BACKBONES.get(backbone, ("",))[0] != "hrnet":
@@ -344,8 +372,10 @@ def main(argv=None):
                    "writes under PyTorch 0.4; auto: true for the *_torch04* release files")
     p.add_argument("--mid-channels", type=int, help="OCR mid channels (official: 512)")
     p.add_argument("--key-channels", type=int, help="OCR key channels (official: 256)")
-    p.add_argument("--align-corners", choices=("true", "false"), default="true",
-                   help="bilinear resize mode of the checkpoint's training (official HRNet-OCR: true)")
+    p.add_argument("--attn-channels", type=int, help="*_mscale_ocr: attention head width (NVIDIA: 256)")
+    p.add_argument("--align-corners", choices=("true", "false"),
+                   help="bilinear resize mode of the checkpoint's training (official HRNet-OCR: true; "
+                   "NVIDIA's *_mscale_ocr: false, the defaults)")
     p.add_argument("--verify", metavar="REF.npz",
                    help="reference inputs/outputs (input_N, aux_N, out_N; NCHW) to compare against")
     p.add_argument("--official-repo", metavar="DIR",
@@ -367,7 +397,13 @@ def main(argv=None):
     if args.official_repo and not (args.model.startswith("hrnet") and args.model.endswith("_ocr")):
         p.error("--official-repo runs the official HRNet-OCR model: use it with an hrnet_*_ocr --model")
 
+    if args.align_corners is None:
+        args.align_corners = "false" if _is_mscale_name(args.model) else "true"
     overrides = {"align_corners": args.align_corners == "true"}
+    if args.attn_channels:
+        if not _is_mscale_name(args.model):
+            p.error("--attn-channels is for the *_mscale_ocr models")
+        overrides["attn_channels"] = args.attn_channels
     if args.mid_channels:
         overrides["mid_channels"] = args.mid_channels
     if args.key_channels:
@@ -388,7 +424,11 @@ def main(argv=None):
     if args.inplace_abn == "true":
         print(f"BN weights read as InPlaceABN scales (|w| + {BN_EPSILON:g}), as the official code under PyTorch 0.4")
     errors = {}
-    if args.verify:
+    if args.verify and _is_mscale_name(args.model):
+        from ocr_tf.convert_nvidia import verify_fixture
+
+        errors.update(verify_fixture(model, args.verify))
+    elif args.verify:
         errors.update(verify(model, args.verify))
     if args.official_repo:
         errors.update(verify_official(model, args))

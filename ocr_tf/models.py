@@ -68,7 +68,7 @@ def _context_heads():
 def list_models():
     """Every registered model name."""
     heads = ["ocr", "fcn", *sorted(_context_heads())]
-    return [f"{b}_{h}" for b in BACKBONES for h in heads]
+    return [f"{b}_{h}" for b in BACKBONES for h in heads] + sorted(MSCALE_MODELS)
 
 
 def _split_name(name):
@@ -251,6 +251,8 @@ def build_model(name, num_classes, input_shape=(None, None, 3), **overrides):
         return build_segmenter(name, num_classes, **overrides)
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+    if name in MSCALE_MODELS:
+        return _build_mscale(name, num_classes, input_shape, overrides)
     backbone, head = _split_name(name)
     family = BACKBONES[backbone][0]
     allowed = COMMON_OPTIONS + FAMILY_OPTIONS[family] + _head_options(head)
@@ -300,3 +302,25 @@ def build_segmenter(
     else:
         layer = _context_heads()[head](num_classes, name="head", **head_kwargs)
     return _assemble(inputs, feats, aux, layer, f"{backbone.name}_{head}")
+
+
+# --- Hierarchical multi-scale attention (NVIDIA HRNet_Mscale, issue 15) ---------------------------
+# The network and its builder live in ocr_tf/layers/mscale.py; outputs {"logits", "aux_logits",
+# "attention"} at stride 4, align_corners=False throughout. name -> (HRNet config, head widths).
+MSCALE_MODELS = {
+    "hrnet_w48_mscale_ocr": ("w48", {"mid_channels": 512, "key_channels": 256, "attn_channels": 256}),
+    # The demo's CPU-sized HRNet with narrow heads, for tests and the demo (not an NVIDIA model).
+    "hrnet_tiny_mscale_ocr": ("tiny", {"mid_channels": 64, "key_channels": 32, "attn_channels": 32}),
+}
+MSCALE_OPTIONS = ("extra", "mid_channels", "key_channels", "attn_channels", "dropout", "synchronized",
+                  "align_corners", "weights")
+
+
+def _build_mscale(name, num_classes, input_shape, overrides):
+    from ocr_tf.layers.mscale import build_mscale_ocr
+
+    _check_overrides(name, overrides, MSCALE_OPTIONS)
+    extra, widths = MSCALE_MODELS[name]
+    kwargs = {"extra": extra, **widths, **overrides}
+    return build_mscale_ocr(num_classes, input_shape=input_shape, name=name, **kwargs)
+# --- end of multi-scale attention block -----------------------------------------------------------

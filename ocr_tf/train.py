@@ -180,6 +180,7 @@ def build_trainer(cfg, strategy):
     import keras
 
     from ocr_tf.distribute import sync_batch_norm
+    from ocr_tf.layers.mscale import is_mscale
     from ocr_tf.losses import SegmentationLoss
     from ocr_tf.models import build_model
     from ocr_tf.optim import build_optimizer
@@ -194,8 +195,13 @@ def build_trainer(cfg, strategy):
             cfg.data.num_classes, cfg.data.ignore_label, lo.aux_weight, lo.class_weights, lo.ohem,
             lo.ohem_threshold, lo.ohem_min_kept, overrides.get("align_corners", True),
         )
+        trained = network
+        if is_mscale(network):  # NVIDIA's two-scale training (issue 15)
+            from ocr_tf.training_mscale import mscale_training_parts
+
+            trained, loss = mscale_training_parts(network, cfg.data.num_classes, lo, cfg.data.ignore_label)
         trainer = SegmentationTrainer(
-            network, loss, cfg.data.num_classes, cfg.data.ignore_label, align_corners=align_corners(cfg), name="trainer"
+            trained, loss, cfg.data.num_classes, cfg.data.ignore_label, align_corners=align_corners(cfg), name="trainer"
         )
         trainer.compile(
             optimizer=build_optimizer(cfg.train), steps_per_execution=cfg.train.steps_per_execution,
@@ -242,8 +248,12 @@ def evaluate(network, cfg, info):
     ds = make_dataset(d.val, num_classes=d.num_classes, training=False, batch_size=1, ignore_label=d.ignore_label)
     cm = ConfusionMatrix(d.num_classes, d.ignore_label)
 
+    from ocr_tf.layers.mscale import is_mscale, mscale_predict
+
     @tf.function(reduce_retracing=True)
     def predict(x):
+        if is_mscale(network):  # the scale list NVIDIA's training validates with
+            return tf.argmax(mscale_predict(network, x, (0.5, 1.0)), axis=-1, output_type=tf.int32)
         return logits_to_labels(network(x, training=False)["logits"], tf.shape(x)[1:3], align_corners(cfg))
 
     for x, y in tqdm(ds, total=count_records(d.val), desc="evaluate", unit="img", leave=False):

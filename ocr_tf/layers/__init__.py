@@ -2,6 +2,7 @@
 
 from ocr_tf.layers.common import ConvBN, ResizeTo, resize_bilinear
 from ocr_tf.layers.ocr import ObjectAttention, OCRHead, SpatialGather, SpatialOCR
+from ocr_tf.layers.mscale import MscaleOCRHead, ScaleAttentionHead  # noqa: E402 (registers them)
 
 __all__ = [
     "ConvBN",
@@ -11,4 +12,6 @@ __all__ = [
     "ObjectAttention",
     "SpatialOCR",
     "OCRHead",
+    "MscaleOCRHead",
+    "ScaleAttentionHead",
 ]
