@@ -120,6 +120,22 @@ def _check_class_names(model, class_names):
     return class_names
 
 
+def write_atomic(path, data):
+    """Write bytes (or text, as UTF-8) to `path` through a temporary file renamed when complete,
+    so a crash never leaves a half-written model or report."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def _write_labels(path, class_names):
     """One class name per line, line i = class id i, written atomically."""
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -215,15 +231,16 @@ def _resize_uint8(image, input_size):
     image = tf.convert_to_tensor(image)
     if image.dtype != tf.uint8 or image.shape.rank != 3 or image.shape[-1] != 3:
         raise ValueError(f"calibration images must be uint8 (H, W, 3), got {image.dtype.name} {image.shape}.")
-    if tuple(image.shape[:2]) != tuple(input_size):
+    if input_size is not None and tuple(image.shape[:2]) != tuple(input_size):
         image = tf.image.resize(image, input_size, method="bilinear")
         image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
     return image
 
 
 def calibration_images(calibration_data, input_size, num_samples, num_classes):
-    """Yield up to `num_samples` uint8 (H, W, 3) images at `input_size` from a glob of TFRecords
-    (tf-models keys, validated by `records.decode_record`) or an iterable of uint8 images."""
+    """Yield up to `num_samples` uint8 (H, W, 3) images at `input_size` (None: as they are) from a
+    glob of TFRecords (tf-models keys, validated by `records.decode_record`) or an iterable of
+    uint8 images."""
     if not isinstance(calibration_data, (str, os.PathLike)):
         for i, image in enumerate(calibration_data):
             if i >= num_samples:
@@ -354,15 +371,7 @@ def export_tflite(
         flatbuffer = _convert(converter, quantize, float_ops)
     check_builtin_only(flatbuffer)
 
-    tmp = f"{out_path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(flatbuffer)
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_atomic(out_path, flatbuffer)
     if class_names is not None:
         _write_labels(labels_path(out_path), class_names)
     return str(out_path)
@@ -404,15 +413,15 @@ def load_model(weights, model_name=None, num_classes=None, overrides=None):
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m ocr_tf.export",
-        description="Export a segmenter as a TF Serving SavedModel or a TFLite model (preprocessing, "
-        "resize to the input size and argmax inside).",
+        description="Export a segmenter as a TF Serving SavedModel, a TFLite model or an ONNX model "
+        "(preprocessing, resize to the input size and argmax inside); --verify checks it against Keras.",
     )
     parser.add_argument("--weights", help="a .keras model, or a weights file for --model (random weights if omitted)")
     parser.add_argument("--model", help="registered model name, e.g. mobilenetv2_ocr (needed unless --weights is .keras)")
     parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="build_model override, e.g. alpha=0.35")
     parser.add_argument("--dataset", default="demo", help="dataset whose class names label the outputs (default demo)")
-    parser.add_argument("--format", choices=("saved_model", "tflite"), required=True)
-    parser.add_argument("--output", help="SavedModel: base dir (default saved_models/<name>); TFLite: file path")
+    parser.add_argument("--format", choices=("saved_model", "tflite", "onnx"), required=True)
+    parser.add_argument("--output", help="SavedModel: base dir (default saved_models/<name>); TFLite/ONNX: file path")
     parser.add_argument("--version", type=int, help="SavedModel version (default: next integer)")
     parser.add_argument("--with-probabilities", action="store_true", help="SavedModel: also output softmax probabilities")
     parser.add_argument("--input-size", default="512x1024", help="TFLite: fixed HEIGHTxWIDTH (default 512x1024)")
@@ -423,7 +432,51 @@ def build_parser():
         "--align-corners", action=argparse.BooleanOptionalAction, default=True,
         help="resize logits with align_corners=True as the model was trained (default on)",
     )
+    _add_verify_arguments(parser)
     return parser
+
+
+def _add_verify_arguments(parser):
+    """ONNX's and --verify's flags (ocr_tf.onnx_export, ocr_tf.export_verify)."""
+    parser.add_argument("--with-logits", action="store_true", help="ONNX: also output the logits (feature resolution)")
+    parser.add_argument(
+        "--verify", action="store_true",
+        help="run the export and the Keras model on --data images, write a report (<export>.verify.json + "
+        ".model_card.md; SavedModel: assets.extra/) and exit 1 if labels agree below --min-agreement",
+    )
+    parser.add_argument("--data", help="--verify: glob of TFRecords (default: demo validation set, or demo scenes in memory)")
+    parser.add_argument("--num-images", type=int, default=16, help="--verify: number of images (default 16)")
+    parser.add_argument(
+        "--min-agreement", type=_fraction,
+        help="--verify: required label agreement, a fraction (0.999) or percent (99.9%%); "
+        "default 0.999, 0.98 for int8 TFLite",
+    )
+
+
+def _fraction(text):
+    """'0.999' -> 0.999, '99.9%' -> 0.999; anything outside (0, 1] is refused."""
+    value = float(text[:-1]) / 100 if str(text).endswith("%") else float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1] or a percent like 99.9%, got {text!r}")
+    return value
+
+
+def _verify(model, path, args, class_names):
+    """--verify: the fidelity report; returns 1 (and prints one line) if the export fails it."""
+    from ocr_tf.export_verify import VerificationFailed, verify_export
+
+    try:
+        report = verify_export(
+            model, path, data=args.data, num_images=args.num_images, min_agreement=args.min_agreement,
+            quantize=args.quantize if args.format == "tflite" else None, class_names=class_names,
+            align_corners=args.align_corners,
+        )
+    except VerificationFailed as err:
+        print(f"error: verification FAILED: {err}", file=sys.stderr)
+        return err.exit_code
+    print(f"verification PASSED: labels agree on {100 * report['agreement']:.3f}% of pixels "
+          f"({report['data']['num_images']} images); report: {report['report_paths'][0]}", file=sys.stderr)
+    return 0
 
 
 def main(argv=None):
@@ -441,6 +494,16 @@ def main(argv=None):
             args.output or os.path.join("saved_models", name),
             version=args.version,
             with_probabilities=args.with_probabilities,
+            align_corners=args.align_corners,
+            class_names=class_names,
+        )
+    elif args.format == "onnx":
+        from ocr_tf.onnx_export import export_onnx
+
+        path = export_onnx(
+            model,
+            args.output or os.path.join("saved_models", "onnx", f"{name}.onnx"),
+            with_logits=args.with_logits,
             align_corners=args.align_corners,
             class_names=class_names,
         )
@@ -464,6 +527,8 @@ def main(argv=None):
             align_corners=args.align_corners,
         )
     print(path)
+    if args.verify and _verify(model, path, args, class_names):
+        sys.exit(1)  # the export stays; its report says FAILED
     return path
 
 
