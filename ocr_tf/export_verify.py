@@ -420,6 +420,8 @@ def verify_export(
     from ocr_tf import export
     from ocr_tf.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
+    if min_agreement is not None and not 0.0 < float(min_agreement) <= 1.0:
+        raise ValueError(f"min_agreement must be a fraction in (0, 1], got {min_agreement}.")
     artefact = str(artefact)
     fmt = detect_format(artefact)
     network = getattr(model, "network", model)
@@ -434,8 +436,6 @@ def verify_export(
     if min_agreement is None:
         min_agreement = default_min_agreement(quantize if fmt == "tflite" else "none")
     min_agreement = float(min_agreement)
-    if not 0.0 < min_agreement <= 1.0:
-        raise ValueError(f"min_agreement must be a fraction in (0, 1], got {min_agreement}.")
 
     input_size = None
     if fmt == "tflite":
