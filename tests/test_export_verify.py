@@ -182,3 +182,14 @@ def test_bad_arguments_are_refused(tmp_path):
     assert export._fraction("99.5%") == pytest.approx(0.995) and export._fraction("0.9") == 0.9
     with pytest.raises(Exception, match="percent like 99.9%"):
         export._fraction("99.9")
+
+
+def test_an_artefact_the_runtime_cannot_load_gets_a_failed_report(model, images, tmp_path):
+    path = tmp_path / "corrupt.onnx"
+    path.write_bytes(b"\x08\x07 this is not an ONNX model")
+    with pytest.raises(export_verify.VerificationFailed, match=r"^onnx export .*corrupt.onnx: "):
+        export_verify.verify_export(model, str(path), images=images[:1])
+    with open(tmp_path / "corrupt.verify.json") as f:
+        report = json.load(f)
+    assert report["status"] == "FAILED" and report["error"] and "agreement" not in report
+    assert "**Export verification: FAILED** (" in (tmp_path / "corrupt.model_card.md").read_text()
