@@ -139,6 +139,22 @@ def _check_class_names(model, class_names):
     return class_names
 
 
+def write_atomic(path, data):
+    """Write bytes (or text, as UTF-8) to `path` through a temporary file renamed when complete,
+    so a crash never leaves a half-written model or report."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def _write_labels(path, class_names):
     """One class name per line, line i = class id i, written atomically."""
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -240,15 +256,16 @@ def _resize_uint8(image, input_size):
     image = tf.convert_to_tensor(image)
     if image.dtype != tf.uint8 or image.shape.rank != 3 or image.shape[-1] != 3:
         raise UserError(f"calibration images must be uint8 (H, W, 3), got {image.dtype.name} {image.shape}.")
-    if tuple(image.shape[:2]) != tuple(input_size):
+    if input_size is not None and tuple(image.shape[:2]) != tuple(input_size):
         image = tf.image.resize(image, input_size, method="bilinear")
         image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
     return image
 
 
 def calibration_images(calibration_data, input_size, num_samples, num_classes):
-    """Yield up to `num_samples` uint8 (H, W, 3) images at `input_size` from a glob of TFRecords
-    (tf-models keys, validated by `records.decode_record`) or an iterable of uint8 images."""
+    """Yield up to `num_samples` uint8 (H, W, 3) images at `input_size` (None: as they are) from a
+    glob of TFRecords (tf-models keys, validated by `records.decode_record`) or an iterable of
+    uint8 images."""
     if not isinstance(calibration_data, (str, os.PathLike)):
         for i, image in enumerate(calibration_data):
             if i >= num_samples:
@@ -382,15 +399,7 @@ def export_tflite(
         flatbuffer = _convert(converter, quantize, float_ops)
     check_builtin_only(flatbuffer)
 
-    tmp = f"{out_path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(flatbuffer)
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_atomic(out_path, flatbuffer)
     if class_names is not None:
         _write_labels(labels_path(out_path), class_names)
     return str(out_path)
