@@ -14,9 +14,11 @@ such probability), and average their (class-weighted) losses.
 Losses are means over the pixels of the local (per-replica) batch, as the reference computes
 them per GPU; the caller divides by the number of replicas before gradients are summed
 (`keras.Model` does this via `scale_loss_for_distribution`).
+
+Written in `keras.ops`: the same code runs on the TensorFlow, JAX and PyTorch backends.
 """
 
-import tensorflow as tf
+from keras import ops
 
 from ocr_tf.layers.common import resize_bilinear
 from ocr_tf.preprocessing import IGNORE_LABEL
@@ -25,23 +27,22 @@ from ocr_tf.preprocessing import IGNORE_LABEL
 def resize_to_labels(logits, labels, align_corners=True):
     """Logits (B, h, w, K) -> float32 (B, H, W, K) at the labels' (B, H, W) size."""
     # At equal sizes the align_corners=True resize is the identity, so no special case is needed.
-    return resize_bilinear(tf.cast(logits, tf.float32), tf.shape(labels)[1:3], align_corners)
+    return resize_bilinear(ops.cast(logits, "float32"), ops.shape(labels)[1:3], align_corners)
 
 
 def _pixel_losses(labels, logits, ignore_label, class_weights):
     """Per-pixel CE (flattened), the valid mask, the per-pixel weights and the true-class logits'
     flat indices. Logits must already be at label size."""
-    num_classes = tf.shape(logits)[-1]
-    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
-    logits = tf.reshape(logits, [-1, num_classes])
-    valid = tf.not_equal(labels, ignore_label)
-    safe = tf.where(valid, labels, 0)
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=logits)
+    logits = ops.reshape(logits, (-1, ops.shape(logits)[-1]))
+    labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+    valid = ops.not_equal(labels, ignore_label)
+    safe = ops.where(valid, labels, 0)
+    ce = ops.sparse_categorical_crossentropy(safe, logits, from_logits=True)
     if class_weights is None:
-        weights = tf.ones_like(ce)
+        weights = ops.ones_like(ce)
     else:
-        weights = tf.gather(tf.constant(class_weights, tf.float32), safe)
-    weights = weights * tf.cast(valid, tf.float32)
+        weights = ops.take(ops.convert_to_tensor(class_weights, "float32"), safe)
+    weights = weights * ops.cast(valid, "float32")
     return ce, valid, weights, safe, logits
 
 
@@ -49,7 +50,7 @@ def cross_entropy(labels, logits, ignore_label=IGNORE_LABEL, class_weights=None,
     """Mean CE over valid pixels (weighted mean with class weights); 0 when no pixel is valid."""
     logits = resize_to_labels(logits, labels, align_corners)
     ce, _, weights, _, _ = _pixel_losses(labels, logits, ignore_label, class_weights)
-    return tf.math.divide_no_nan(tf.reduce_sum(ce * weights), tf.reduce_sum(weights))
+    return ops.divide_no_nan(ops.sum(ce * weights), ops.sum(weights))
 
 
 def ohem_cross_entropy(
@@ -66,16 +67,17 @@ def ohem_cross_entropy(
     0-based index min(min_kept, n_valid - 1)). 0 when nothing is kept."""
     logits = resize_to_labels(logits, labels, align_corners)
     ce, valid, weights, safe, flat_logits = _pixel_losses(labels, logits, ignore_label, class_weights)
-    prob = tf.gather(tf.nn.softmax(flat_logits, axis=-1), safe, axis=1, batch_dims=1)
-    num_valid = tf.reduce_sum(tf.cast(valid, tf.int32))
+    prob = ops.take_along_axis(ops.softmax(flat_logits, axis=-1), safe[:, None], axis=1)[:, 0]
+    num_valid = ops.sum(ops.cast(valid, "int32"))
     # Invalid pixels sort last (probabilities are <= 1), so index k < num_valid picks a valid one.
-    ranked = tf.sort(tf.where(valid, prob, 2.0))
-    k = tf.maximum(tf.minimum(tf.cast(min_kept, tf.int32), num_valid - 1), 0)
-    cut = tf.maximum(ranked[k], tf.cast(threshold, tf.float32))
-    keep = tf.logical_and(valid, prob < cut)
-    # A masked sum rather than boolean_mask: static shapes, so the loss also compiles under XLA.
-    kept_sum = tf.reduce_sum(tf.where(keep, ce * weights, 0.0))
-    return tf.math.divide_no_nan(kept_sum, tf.reduce_sum(tf.cast(keep, tf.float32)))
+    ranked = ops.sort(ops.where(valid, prob, 2.0))
+    k = ops.maximum(ops.minimum(int(min_kept), num_valid - 1), 0)
+    cut = ops.maximum(ops.take(ranked, k), float(threshold))
+    keep = ops.logical_and(valid, prob < cut)
+    # A masked sum rather than a boolean mask: static shapes, so the loss also compiles under
+    # XLA (TF's jit_compile, JAX).
+    kept_sum = ops.sum(ops.where(keep, ce * weights, 0.0))
+    return ops.divide_no_nan(kept_sum, ops.sum(ops.cast(keep, "float32")))
 
 
 class SegmentationLoss:
@@ -124,7 +126,7 @@ class SegmentationLoss:
     def __call__(self, labels, outputs):
         main = self.main_loss(labels, outputs["logits"])
         total = main
-        aux = tf.zeros((), tf.float32)
+        aux = ops.zeros((), "float32")
         if self.aux_weight and outputs.get("aux_logits") is not None:
             aux = cross_entropy(
                 labels, outputs["aux_logits"], self.ignore_label, self.class_weights, self.align_corners

@@ -10,19 +10,20 @@ mmsegmentation do. A class that is predicted but absent from the ground truth ha
 counts.
 
 * `confusion_matrix_np` / `ConfusionMatrix`: NumPy, streaming, int64 (evaluation CLIs).
-* `confusion_matrix_tf`: the same in TensorFlow.
+* `confusion_matrix`: the same in `keras.ops` (TensorFlow, JAX, PyTorch).
 * `SegmentationMeanIoU`: a `keras.metrics.Metric` for `compile(metrics=...)`; its int64 matrix is
   an on-read variable summed over replicas under tf.distribute (Keras creates metric variables
-  with `synchronization="on_read", aggregation="sum"`).
+  with `synchronization="on_read", aggregation="sum"`). Runs on every Keras backend; JAX keeps
+  it int32 unless `jax_enable_x64` is set (enough for 2**31 pixels per cell).
 * `miou_from_confusion`: mIoU, per-class IoU, pixel accuracy, mean accuracy, frequency-weighted
   IoU from a matrix.
 """
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from ocr_tf.layers.common import resize_bilinear
+from ocr_tf.layers.common import check_label_range, resize_bilinear
 from ocr_tf.preprocessing import IGNORE_LABEL
 
 
@@ -137,28 +138,24 @@ def miou_from_confusion(cm, class_names=None):
     return result
 
 
-def confusion_matrix_tf(labels, predictions, num_classes, ignore_label=IGNORE_LABEL):
-    """TensorFlow twin of `confusion_matrix_np`: int64 (K, K).
+def confusion_matrix(labels, predictions, num_classes, ignore_label=IGNORE_LABEL):
+    """`keras.ops` twin of `confusion_matrix_np` (every backend): int64 (K, K) (int32 on JAX
+    unless `jax_enable_x64`).
 
-    XLA-compatible (Keras compiles train/test steps with XLA on GPUs): no boolean masks and
-    static output sizes. Ignored pixels go to an extra bin that is dropped. Labels outside
-    [0, K) fail an assertion when run without XLA (XLA drops assertions); either way they are
-    not counted.
+    XLA-compatible (Keras compiles train/test steps with XLA on GPUs, and always on JAX): no
+    boolean masks and static output sizes. Ignored pixels go to an extra bin that is dropped.
+    Labels outside [0, K) are refused by `check_label_range` where it can run (see there); either
+    way they are not counted.
     """
     k = _check_num_classes(num_classes)
-    y = tf.reshape(tf.cast(labels, tf.int32), [-1])
-    p = tf.reshape(tf.cast(predictions, tf.int32), [-1])
-    keep = tf.not_equal(y, ignore_label)
-    in_range = tf.logical_and(y >= 0, y < k)
-    check = tf.debugging.Assert(
-        tf.reduce_all(tf.logical_or(in_range, tf.logical_not(keep))),
-        [f"labels must be in [0, {k}) or {ignore_label}; got min/max", tf.reduce_min(y), tf.reduce_max(y)],
-    )
-    with tf.control_dependencies([check]):
-        index = tf.where(tf.logical_and(keep, in_range), y * k + p, k * k)
+    y = ops.reshape(ops.cast(labels, "int32"), (-1,))
+    p = ops.reshape(ops.cast(predictions, "int32"), (-1,))
+    check_label_range(y, k, ignore_label)
+    counted = ops.logical_and(ops.not_equal(y, ignore_label), ops.logical_and(y >= 0, y < k))
+    index = ops.where(counted, y * k + p, k * k)
     # Counts of one batch fit int32 (< 2**31 pixels); the running sum is int64.
-    counts = tf.math.unsorted_segment_sum(tf.ones_like(index), index, k * k + 1)[: k * k]
-    return tf.cast(tf.reshape(counts, [k, k]), tf.int64)
+    counts = ops.segment_sum(ops.ones_like(index), index, num_segments=k * k + 1)[: k * k]
+    return ops.cast(ops.reshape(counts, (k, k)), "int64")
 
 
 @keras.saving.register_keras_serializable(package="ocr_tf")
@@ -188,30 +185,32 @@ class SegmentationMeanIoU(keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None):
         if sample_weight is not None:
             raise ValueError("SegmentationMeanIoU does not take sample weights; mark pixels with the ignore label.")
-        y_true = tf.convert_to_tensor(y_true)
-        if y_true.shape.rank == 4:
-            y_true = tf.squeeze(y_true, axis=-1)
-        y_pred = tf.convert_to_tensor(y_pred)
-        if y_pred.shape.rank != 4 or y_true.shape.rank != 3:
+        y_true = ops.convert_to_tensor(y_true)
+        if len(y_true.shape) == 4:
+            y_true = ops.squeeze(y_true, axis=-1)
+        y_pred = ops.convert_to_tensor(y_pred)
+        if len(y_pred.shape) != 4 or len(y_true.shape) != 3:
             raise ValueError(
                 f"{self.name}: expects labels (B, H, W) and logits (B, h, w, K); "
                 f"got labels {y_true.shape} and logits {y_pred.shape}."
             )
         if y_pred.shape[-1] is not None and y_pred.shape[-1] != self.num_classes:
             raise ValueError(f"{self.name}: logits have {y_pred.shape[-1]} channels, expected {self.num_classes}.")
-        logits = resize_bilinear(tf.cast(y_pred, tf.float32), tf.shape(y_true)[1:3], self.align_corners)
-        predictions = tf.math.argmax(logits, axis=-1, output_type=tf.int32)
-        self.confusion.assign_add(confusion_matrix_tf(y_true, predictions, self.num_classes, self.ignore_label))
+        logits = resize_bilinear(ops.cast(y_pred, "float32"), ops.shape(y_true)[1:3], self.align_corners)
+        predictions = ops.cast(ops.argmax(logits, axis=-1), "int32")
+        counts = confusion_matrix(y_true, predictions, self.num_classes, self.ignore_label)
+        self.confusion.assign_add(ops.cast(counts, self.confusion.dtype))
 
     def result(self):
-        cm = tf.cast(self.confusion, tf.float64)
-        tp = tf.linalg.diag_part(cm)
-        union = tf.reduce_sum(cm, 0) + tf.reduce_sum(cm, 1) - tp
+        # float64 where the backend has it (TF, PyTorch); JAX without x64 computes in float32.
+        cm = ops.cast(self.confusion, "float64")
+        tp = ops.diagonal(cm)
+        union = ops.sum(cm, axis=0) + ops.sum(cm, axis=1) - tp
         valid = union > 0
-        iou = tf.where(valid, tp / tf.where(valid, union, 1.0), 0.0)  # static shapes (XLA)
+        iou = ops.where(valid, tp / ops.where(valid, union, 1.0), 0.0)  # static shapes (XLA)
         # 0 / 0 = NaN when nothing was counted yet, as in miou_from_confusion.
-        miou = tf.reduce_sum(iou) / tf.reduce_sum(tf.cast(valid, tf.float64))
-        return tf.cast(miou, tf.float32)
+        miou = ops.sum(iou) / ops.sum(ops.cast(valid, cm.dtype))
+        return ops.cast(miou, "float32")
 
     def get_config(self):
         return {

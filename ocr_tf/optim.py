@@ -18,7 +18,6 @@
 """
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 
@@ -40,11 +39,12 @@ class PolyLR(keras.optimizers.schedules.LearningRateSchedule):
         self.end_lr = float(end_lr)
 
     def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        frac = tf.minimum(step, float(self.total_steps)) / float(self.total_steps)
-        lr = (self.base_lr - self.end_lr) * tf.pow(1.0 - frac, self.power) + self.end_lr
+        # keras.ops, so that the schedule runs inside a JAX / PyTorch train step as well.
+        step = ops.cast(step, "float32")
+        frac = ops.minimum(step, float(self.total_steps)) / float(self.total_steps)
+        lr = (self.base_lr - self.end_lr) * ops.power(1.0 - frac, self.power) + self.end_lr
         if self.warmup_steps > 0:
-            alpha = tf.minimum(step / float(self.warmup_steps), 1.0)
+            alpha = ops.minimum(step / float(self.warmup_steps), 1.0)
             lr = lr * (self.warmup_factor + (1.0 - self.warmup_factor) * alpha)
         return lr
 

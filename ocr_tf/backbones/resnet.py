@@ -17,7 +17,7 @@ both at 1/output_stride of the input (ceil for odd sizes).
 """
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from ocr_tf.layers.common import ConvBN
 from ocr_tf.preprocessing import IMAGENET_MEAN, IMAGENET_STD
@@ -33,8 +33,11 @@ class CaffeInput(keras.layers.Layer):
     """ImageNet mean/std-normalised RGB -> keras.applications ResNet input (BGR, 0-255, mean-subtracted)."""
 
     def call(self, x):
-        rgb255 = (x * tf.constant(IMAGENET_STD, x.dtype) + tf.constant(IMAGENET_MEAN, x.dtype)) * 255.0
-        return rgb255[..., ::-1] - tf.constant(CAFFE_BGR_MEAN, x.dtype)
+        std = ops.convert_to_tensor(IMAGENET_STD, x.dtype)
+        mean = ops.convert_to_tensor(IMAGENET_MEAN, x.dtype)
+        rgb255 = (x * std + mean) * 255.0
+        bgr255 = ops.flip(rgb255, axis=-1)  # [..., ::-1]: PyTorch tensors take no negative steps
+        return bgr255 - ops.convert_to_tensor(CAFFE_BGR_MEAN, x.dtype)
 
 
 def _bottleneck(x, filters, strides, dilation, shortcut, name, synchronized):

@@ -26,12 +26,14 @@ Coarse-to-fine baselines of Table 6, on the same stage 3 / stage 4 inputs:
   `LabelRefinementHead` the coarse map (softmax of the stage-3 prediction) concatenated to the
                         stage-4 features, then the final classifier (conv3x3-BN-ReLU-conv1x1).
   `LabelEnsembleHead`   logits = w * coarse + (1 - w) * fine, w = `coarse_weight`.
+
+Written in `keras.ops`: the same code runs on the TensorFlow, JAX and PyTorch backends.
 """
 
 import keras
-import tensorflow as tf
+from keras import ops
 
-from ocr_tf.layers.common import ConvBN, head_output_shapes, resize_bilinear
+from ocr_tf.layers.common import ConvBN, check_label_range, head_output_shapes, resize_bilinear
 from ocr_tf.layers.context import AuxFCN, ContextHead
 from ocr_tf.layers.ocr import SpatialGather
 from ocr_tf.preprocessing import IGNORE_LABEL
@@ -45,24 +47,22 @@ def labels_to_onehot(labels, num_classes, size, ignore_label=IGNORE_LABEL):
 
     Resized by nearest neighbour as PyTorch's `F.interpolate(mode="nearest")` (source index
     floor(dst * in / out)); `ignore_label` pixels get an all-zero row. Any other label outside
-    [0, K) is an error.
+    [0, K) is an error (`check_label_range`).
     """
-    labels = tf.convert_to_tensor(labels)
-    if labels.shape.rank == 4:
+    labels = ops.convert_to_tensor(labels)
+    if len(labels.shape) == 4:
         labels = labels[..., 0]
-    if labels.shape.rank != 3:
-        raise ValueError(f"labels must be (B, H, W) or (B, H, W, 1) class ids, got shape {labels.shape}.")
-    labels = tf.cast(labels, tf.int32)
-    valid = tf.logical_or(labels == ignore_label, tf.logical_and(labels >= 0, labels < num_classes))
-    tf.debugging.assert_equal(
-        tf.reduce_all(valid),
-        True,
-        message=f"labels must be in [0, {num_classes}) or the ignore label {ignore_label}",
-    )
-    resized = tf.compat.v1.image.resize_nearest_neighbor(
-        labels[..., None], size, align_corners=False, half_pixel_centers=False
-    )[..., 0]
-    return tf.one_hot(resized, num_classes, dtype="float32")  # ignore_label >= K -> zeros
+    if len(labels.shape) != 3:
+        raise ValueError(f"labels must be (B, H, W) or (B, H, W, 1) class ids, got shape {tuple(labels.shape)}.")
+    labels = ops.cast(labels, "int32")
+    check_label_range(labels, num_classes, ignore_label)
+    for axis, out_size in ((1, size[0]), (2, size[1])):
+        in_size = ops.shape(labels)[axis]
+        scale = ops.cast(in_size, "float32") / ops.cast(out_size, "float32")
+        index = ops.cast(ops.floor(ops.cast(ops.arange(out_size), "float32") * scale), "int32")
+        labels = ops.take(labels, ops.minimum(index, in_size - 1), axis=axis)
+    # Compared with every class id: ignore_label (>= K) matches none and gives a zero row.
+    return ops.cast(ops.equal(labels[..., None], ops.arange(num_classes, dtype="int32")), "float32")
 
 
 @keras.saving.register_keras_serializable(package="ocr_tf")
@@ -74,12 +74,12 @@ class GroundTruthGather(keras.layers.Layer):
     """
 
     def call(self, pixels, onehot):
-        shape = tf.shape(pixels)
-        x = tf.reshape(tf.cast(pixels, "float32"), [shape[0], -1, shape[3]])
-        m = tf.reshape(tf.cast(onehot, "float32"), [shape[0], -1, tf.shape(onehot)[3]])
-        total = tf.einsum("bnk,bnc->bkc", m, x)
-        count = tf.reduce_sum(m, axis=1)[..., None]
-        return tf.cast(tf.math.divide_no_nan(total, count), pixels.dtype)
+        shape = ops.shape(pixels)
+        x = ops.reshape(ops.cast(pixels, "float32"), (shape[0], -1, shape[3]))
+        m = ops.reshape(ops.cast(onehot, "float32"), (shape[0], -1, ops.shape(onehot)[3]))
+        total = ops.einsum("bnk,bnc->bkc", m, x)
+        count = ops.sum(m, axis=1)[..., None]
+        return ops.cast(ops.divide_no_nan(total, count), pixels.dtype)
 
     def compute_output_shape(self, pixels_shape, onehot_shape):
         return (pixels_shape[0], onehot_shape[3], pixels_shape[3])
@@ -147,32 +147,32 @@ class SchemeObjectAttention(keras.layers.Layer):
 
     def _relation(self, pixels, key_regions, relation_map, training):
         """(B, hw, K) float32 relation w_ik."""
-        batch = tf.shape(pixels)[0]
+        batch = ops.shape(pixels)[0]
         if self.relation in ("acf", "ground_truth"):
             if relation_map is None:
                 raise ValueError(f"{self.name}: relation={self.relation!r} needs `relation_map`.")
-            w = tf.reshape(tf.cast(relation_map, "float32"), [batch, -1, tf.shape(relation_map)[3]])
-            return tf.nn.softmax(w, axis=-1) if self.relation == "acf" else w
+            w = ops.reshape(ops.cast(relation_map, "float32"), (batch, -1, ops.shape(relation_map)[3]))
+            return ops.softmax(w, axis=-1) if self.relation == "acf" else w
         query = pixels
         for layer in self.f_pixel:
             query = layer(query, training=training)
         if self.relation == "double_attention":
             logits = self.region_keys(query)
-            return tf.nn.softmax(tf.reshape(tf.cast(logits, "float32"), [batch, -1, tf.shape(logits)[3]]), axis=-1)
+            return ops.softmax(ops.reshape(ops.cast(logits, "float32"), (batch, -1, ops.shape(logits)[3])), axis=-1)
         key = key_regions
         for layer in self.f_object:
             key = layer(key, training=training)
-        query = tf.reshape(tf.cast(query, "float32"), [batch, -1, self.key_channels])
-        key = tf.cast(tf.squeeze(key, axis=2), "float32")
-        return tf.nn.softmax(tf.einsum("bnc,bkc->bnk", query, key) * self.key_channels**-0.5, axis=-1)
+        query = ops.reshape(ops.cast(query, "float32"), (batch, -1, self.key_channels))
+        key = ops.cast(ops.squeeze(key, axis=2), "float32")
+        return ops.softmax(ops.einsum("bnc,bkc->bnk", query, key) * self.key_channels**-0.5, axis=-1)
 
     def call(self, pixels, regions, relation_map=None, training=None):
         f = regions[:, :, None, :]  # (B, K, 1, C) as ObjectAttention
         w = self._relation(pixels, f, relation_map, training)
-        value = tf.squeeze(self.f_down(f, training=training), axis=2)
-        shape = tf.shape(pixels)
-        context = tf.einsum("bnk,bkc->bnc", tf.cast(w, value.dtype), value)
-        context = tf.reshape(context, [shape[0], shape[1], shape[2], self.key_channels])
+        value = ops.squeeze(self.f_down(f, training=training), axis=2)
+        batch, h, w_ = ops.shape(pixels)[:3]
+        context = ops.einsum("bnk,bkc->bnc", ops.cast(w, value.dtype), value)
+        context = ops.reshape(context, (batch, h, w_, self.key_channels))
         return self.f_up(context, training=training)
 
     def compute_output_shape(self, pixels_shape, regions_shape, relation_map_shape=None):
@@ -277,17 +277,17 @@ class AblationOCRHead(keras.layers.Layer):
         aux_logits = self.aux_head(source, training=training)
         region_logits = aux_logits if self.region_head is None else self.region_head(source, training=training)
         feats = self.conv3x3_ocr(features, training=training)
-        size = tf.shape(feats)[1:3]
+        size = ops.shape(feats)[1:3]
         if aux_features is not None:
             region_logits = resize_bilinear(region_logits, size, self.align_corners)
         onehot = labels_to_onehot(labels, self.num_classes, size) if self.needs_labels else None
         if self.regions == "ground_truth":
-            regions = self.gather(feats, tf.cast(onehot, feats.dtype))
+            regions = self.gather(feats, ops.cast(onehot, feats.dtype))
         else:
             regions = self.gather(feats, region_logits)
         relation_map = {"acf": region_logits, "ground_truth": onehot}.get(self.relation)
         context = self.attention(feats, regions, relation_map, training=training)
-        x = self.fuse(tf.concat([context, feats], axis=-1), training=training)
+        x = self.fuse(ops.concatenate([context, feats], axis=-1), training=training)
         if self.drop is not None:
             x = self.drop(x, training=training)
         return {"logits": self.cls_head(x), "aux_logits": aux_logits}
@@ -349,8 +349,8 @@ class LabelRefinementHead(FCNHead):
 
     def call(self, features, aux_features=None, training=None):
         aux_logits = self.aux_head(features if aux_features is None else aux_features, training=training)
-        coarse = tf.nn.softmax(resize_bilinear(aux_logits, tf.shape(features)[1:3], self.align_corners), axis=-1)
-        x = tf.concat([features, tf.cast(coarse, features.dtype)], axis=-1)
+        coarse = ops.softmax(resize_bilinear(aux_logits, ops.shape(features)[1:3], self.align_corners), axis=-1)
+        x = ops.concatenate([features, ops.cast(coarse, features.dtype)], axis=-1)
         return {"logits": self.context_logits(x, training=training), "aux_logits": aux_logits}
 
 
@@ -369,7 +369,7 @@ class LabelEnsembleHead(FCNHead):
     def call(self, features, aux_features=None, training=None):
         aux_logits = self.aux_head(features if aux_features is None else aux_features, training=training)
         fine = self.context_logits(features, training=training)
-        coarse = resize_bilinear(aux_logits, tf.shape(fine)[1:3], self.align_corners)
+        coarse = resize_bilinear(aux_logits, ops.shape(fine)[1:3], self.align_corners)
         logits = self.coarse_weight * coarse + (1.0 - self.coarse_weight) * fine
         return {"logits": logits, "aux_logits": aux_logits}
 

@@ -3,12 +3,12 @@
 * `ConvBN`: conv -> BatchNorm -> optional activation, padded the way PyTorch pads (symmetric),
   BN epsilon 1e-5 / momentum 0.9 (PyTorch's 0.1), so official checkpoints load with exact parity.
 * `resize_bilinear` / `ResizeTo`: bilinear resize reproducing PyTorch's `F.interpolate(...,
-  mode="bilinear", align_corners=True|False)` exactly and lowering to TFLite's builtin
-  RESIZE_BILINEAR.
+  mode="bilinear", align_corners=True|False)` exactly on every Keras backend, and lowering to
+  TFLite's builtin RESIZE_BILINEAR on TensorFlow.
 """
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 BN_EPSILON = 1e-5  # PyTorch's default, used by every official checkpoint.
 BN_MOMENTUM = 0.9  # Keras convention; equals PyTorch momentum 0.1.
@@ -119,22 +119,88 @@ class ConvBN(keras.layers.Layer):
         return config
 
 
+def _source_index_and_weight(out_size, in_size, align_corners):
+    """For each output row: the two source rows (i0, i1) and the weight of i1, PyTorch's rule.
+
+    align_corners=True samples at dst * (in - 1) / (out - 1) (0 when out == 1); False at
+    (dst + 0.5) * in / out - 0.5, clamped at 0 as PyTorch does. Sizes may be symbolic (TF graph).
+    """
+    dst = ops.cast(ops.arange(out_size), "float32")
+    n_in = ops.cast(in_size, "float32")
+    n_out = ops.cast(out_size, "float32")
+    if align_corners:
+        src = dst * ((n_in - 1.0) / ops.maximum(n_out - 1.0, 1.0))
+    else:
+        src = ops.maximum((dst + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = ops.minimum(ops.cast(ops.floor(src), "int32"), ops.cast(in_size, "int32") - 1)
+    i1 = ops.minimum(i0 + 1, ops.cast(in_size, "int32") - 1)
+    return i0, i1, src - ops.cast(i0, "float32")
+
+
+def _lerp_axis(x, out_size, axis, align_corners):
+    """Linear interpolation of `x` along `axis` to `out_size` samples (gather two, blend)."""
+    i0, i1, weight = _source_index_and_weight(out_size, ops.shape(x)[axis], align_corners)
+    shape = [1] * len(x.shape)
+    shape[axis] = -1
+    weight = ops.reshape(weight, shape)
+    a, b = ops.take(x, i0, axis=axis), ops.take(x, i1, axis=axis)
+    return a + (b - a) * weight
+
+
 def resize_bilinear(x, size, align_corners=True):
     """Bilinear resize of NHWC `x` to `size` (h, w), identical to PyTorch's
     `F.interpolate(x, size, mode="bilinear", align_corners=align_corners)`.
 
-    align_corners=True: `tf.compat.v1.image.resize_bilinear(align_corners=True)` is the only TF op
-    with those semantics, and it converts to the TFLite builtin RESIZE_BILINEAR.
-    align_corners=False: PyTorch samples at half-pixel centres without antialiasing, which is
-    `tf.image.resize(..., "bilinear", antialias=False)` (half_pixel_centers=True).
-    The result keeps `x`'s dtype (the TF ops compute in float32).
+    keras.ops.image.resize has no align_corners, so on JAX and PyTorch the resize is written
+    out here: separable, each axis gathers the two neighbouring rows/columns and blends them
+    (exact, differentiable, O(output)), in float32.
+    On TensorFlow the TF ops are kept, because they are what the TFLite converter turns into
+    its builtin RESIZE_BILINEAR (a gather-based resize would export as GATHER + arithmetic):
+    align_corners=True is the raw op `ResizeBilinear(align_corners=True, half_pixel_centers=False)`
+    (the op behind the deprecated `tf.compat.v1.image.resize_bilinear`, without its warning);
+    align_corners=False is `tf.image.resize(..., "bilinear", antialias=False)` (half-pixel
+    centres, PyTorch's rule). The result keeps `x`'s dtype.
     """
     dtype = x.dtype
-    if align_corners:
-        y = tf.compat.v1.image.resize_bilinear(x, size, align_corners=True, half_pixel_centers=False)
-    else:
-        y = tf.image.resize(x, size, method="bilinear", antialias=False)
-    return tf.cast(y, dtype)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf  # TensorFlow by nature: the TFLite builtin op
+
+        size = tf.stack([tf.cast(s, tf.int32) for s in size]) if isinstance(size, (tuple, list)) else size
+        x32 = tf.cast(x, tf.float32)
+        if align_corners:
+            y = tf.raw_ops.ResizeBilinear(images=x32, size=size, align_corners=True, half_pixel_centers=False)
+        else:
+            y = tf.image.resize(x32, size, method="bilinear", antialias=False)
+        return tf.cast(y, dtype)
+    y = ops.cast(x, "float32")
+    y = _lerp_axis(y, size[0], 1, align_corners)
+    y = _lerp_axis(y, size[1], 2, align_corners)
+    return ops.cast(y, dtype)
+
+
+def check_label_range(labels, num_classes, ignore_label):
+    """Refuse labels outside [0, K) other than `ignore_label` (they would silently drop pixels).
+
+    TensorFlow: an in-graph assertion (InvalidArgumentError when it runs; XLA drops assertions).
+    JAX / PyTorch: checked on concrete values (ValueError); inside a JAX trace the values are
+    unknown and, as under XLA, nothing can be asserted.
+    """
+    message = f"labels must be in [0, {num_classes}) or the ignore label {ignore_label}"
+    labels = ops.convert_to_tensor(labels)
+    valid = ops.logical_or(
+        ops.equal(labels, ignore_label), ops.logical_and(labels >= 0, labels < num_classes)
+    )
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf  # TensorFlow by nature: a graph-mode assertion
+
+        tf.debugging.assert_equal(tf.reduce_all(valid), True, message=message)
+        return
+    try:
+        ok = bool(ops.convert_to_numpy(ops.all(valid)))
+    except Exception:  # a JAX tracer: no concrete values to check
+        return
+    if not ok:
+        raise ValueError(message)
 
 
 @keras.saving.register_keras_serializable(package="ocr_tf")
@@ -150,8 +216,7 @@ class ResizeTo(keras.layers.Layer):
         self.align_corners = bool(align_corners)
 
     def call(self, x, reference):
-        size = tf.shape(reference)[1:3]
-        return resize_bilinear(x, size, self.align_corners)
+        return resize_bilinear(x, ops.shape(reference)[1:3], self.align_corners)
 
     def compute_output_shape(self, x_shape, reference_shape):
         return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[3])

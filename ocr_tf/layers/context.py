@@ -26,10 +26,12 @@ the parameter differences between them are their relation blocks, as in Table 4.
 FLOPs for DANet (1110G) and CC-Attention (804G) fit the original heads (two 3x3 C->512 stems and
 3x3 convs after the attention: ~24M parameters), not the 10.6M they list; we follow the
 parameter counts. `python -m ocr_tf.bench context` measures all of it.
+
+Written in `keras.ops`: the same code runs on the TensorFlow, JAX and PyTorch backends.
 """
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from ocr_tf.layers.common import ConvBN, head_output_shapes, resize_bilinear
 from ocr_tf.layers.ocr import SpatialOCR
@@ -183,23 +185,28 @@ class ContextHead(keras.layers.Layer):
 # Multi-scale context: PPM (PSPNet) and ASPP (DeepLabv3)
 
 
+# Not keras.layers.AdaptiveAveragePooling2D: in Keras 3.15 on TensorFlow it refuses unknown
+# (None) spatial sizes ("Input spatial dimensions must be statically known"), which every
+# shape-polymorphic model and export here has, and its bin-1 case fails inside a model ("Negative
+# dimension size caused by subtracting 14 from 13": its "big" window is one row longer than the
+# input). So the pooling stays an averaging matrix, in keras.ops for every backend.
 def adaptive_pool_matrix(size, bins, dtype):
     """(bins, size) averaging matrix of PyTorch's adaptive_avg_pool: bin i averages
     [floor(i * size / bins), ceil((i + 1) * size / bins)). `size` may be a tensor (None shapes)."""
-    i = tf.range(bins)
+    i = ops.arange(bins)
     start = (i * size) // bins
     end = ((i + 1) * size + bins - 1) // bins
-    pos = tf.range(size)
-    mask = tf.cast((pos[None, :] >= start[:, None]) & (pos[None, :] < end[:, None]), dtype)
-    return mask / tf.reduce_sum(mask, axis=1, keepdims=True)
+    pos = ops.arange(size)
+    mask = ops.cast(ops.logical_and(pos[None, :] >= start[:, None], pos[None, :] < end[:, None]), dtype)
+    return mask / ops.sum(mask, axis=1, keepdims=True)
 
 
 def adaptive_avg_pool(x, bins):
     """PyTorch's `adaptive_avg_pool2d(x, bins)` for NHWC `x` with any (even unknown) h, w."""
-    shape = tf.shape(x)
+    shape = ops.shape(x)
     rows = adaptive_pool_matrix(shape[1], bins, x.dtype)
     cols = adaptive_pool_matrix(shape[2], bins, x.dtype)
-    return tf.einsum("ih,bhwc,jw->bijc", rows, x, cols)
+    return ops.einsum("ih,bhwc,jw->bijc", rows, x, cols)
 
 
 @keras.saving.register_keras_serializable(package="ocr_tf")
@@ -232,12 +239,12 @@ class PPMHead(ContextHead):
         self.bottleneck.build((None, None, None, channels + len(self.bins) * self.branch_channels))
 
     def context(self, features, training=None):
-        size = tf.shape(features)[1:3]
+        size = ops.shape(features)[1:3]
         branches = [features]
         for b, stage in zip(self.bins, self.stages):
             pooled = stage(adaptive_avg_pool(features, b), training=training)
             branches.append(resize_bilinear(pooled, size, self.align_corners))
-        x = self.bottleneck(tf.concat(branches, axis=-1), training=training)
+        x = self.bottleneck(ops.concatenate(branches, axis=-1), training=training)
         return self.drop(x, training=training) if self.drop is not None else x
 
     def get_config(self):
@@ -281,9 +288,9 @@ class ASPPHead(ContextHead):
     def context(self, features, training=None):
         branches = [self.conv1x1(features, training=training)]
         branches += [conv(features, training=training) for conv in self.atrous]
-        pooled = self.image_pool(tf.reduce_mean(features, axis=(1, 2), keepdims=True), training=training)
-        branches.append(resize_bilinear(pooled, tf.shape(features)[1:3], self.align_corners))
-        x = self.project(tf.concat(branches, axis=-1), training=training)
+        pooled = self.image_pool(ops.mean(features, axis=(1, 2), keepdims=True), training=training)
+        branches.append(resize_bilinear(pooled, ops.shape(features)[1:3], self.align_corners))
+        x = self.project(ops.concatenate(branches, axis=-1), training=training)
         return self.drop(x, training=training) if self.drop is not None else x
 
     def get_config(self):
@@ -321,7 +328,7 @@ class RelationalHead(ContextHead):
     def context(self, features, training=None):
         x = self.pre(features, training=training)
         context = self.relate(x, training=training)
-        x = self.fuse(tf.concat([context, x], axis=-1), training=training)
+        x = self.fuse(ops.concatenate([context, x], axis=-1), training=training)
         return self.drop(x, training=training) if self.drop is not None else x
 
 
@@ -354,8 +361,7 @@ class SelfAttentionHead(ContextHead):
 
     def context(self, features, training=None):
         x = self.pre(features, training=training)
-        shape = tf.shape(x)
-        pixels_as_regions = tf.reshape(x, [shape[0], -1, self.mid_channels])
+        pixels_as_regions = ops.reshape(x, (ops.shape(x)[0], -1, self.mid_channels))
         return self.attention(x, pixels_as_regions, training=training)
 
     def get_config(self):
@@ -395,16 +401,15 @@ class DoubleAttention(keras.layers.Layer):
         self.built = True
 
     def call(self, x, training=None):
-        shape = tf.shape(x)
-        batch, h, w = shape[0], shape[1], shape[2]
-        value = tf.reshape(self.f_value(x, training=training), [batch, -1, self.key_channels])
-        gather = tf.reshape(tf.cast(self.f_gather(x), "float32"), [batch, -1, self.num_regions])
-        gather = tf.nn.softmax(gather, axis=1)  # each region map sums to 1 over the pixels
-        regions = tf.einsum("bnr,bnc->brc", tf.cast(gather, value.dtype), value)
-        distribute = tf.reshape(tf.cast(self.f_distribute(x), "float32"), [batch, -1, self.num_regions])
-        distribute = tf.nn.softmax(distribute, axis=-1)  # each pixel's weights sum to 1 over regions
-        context = tf.einsum("bnr,brc->bnc", tf.cast(distribute, value.dtype), regions)
-        context = tf.reshape(context, [batch, h, w, self.key_channels])
+        batch, h, w = ops.shape(x)[:3]
+        value = ops.reshape(self.f_value(x, training=training), (batch, -1, self.key_channels))
+        gather = ops.reshape(ops.cast(self.f_gather(x), "float32"), (batch, -1, self.num_regions))
+        gather = ops.softmax(gather, axis=1)  # each region map sums to 1 over the pixels
+        regions = ops.einsum("bnr,bnc->brc", ops.cast(gather, value.dtype), value)
+        distribute = ops.reshape(ops.cast(self.f_distribute(x), "float32"), (batch, -1, self.num_regions))
+        distribute = ops.softmax(distribute, axis=-1)  # each pixel's weights sum to 1 over regions
+        context = ops.einsum("bnr,brc->bnc", ops.cast(distribute, value.dtype), regions)
+        context = ops.reshape(context, (batch, h, w, self.key_channels))
         return self.f_up(context, training=training)
 
     def compute_output_shape(self, input_shape):
@@ -486,14 +491,14 @@ class PositionAttention(_QueryKeyValueAttention):
     conv1x1 to `key_channels`, V conv1x1 to C, gamma a scalar starting at 0."""
 
     def call(self, x):
-        shape = tf.shape(x)
+        shape = ops.shape(x)
         batch, channels = shape[0], shape[3]
-        q = tf.reshape(tf.cast(self.query(x), "float32"), [batch, -1, self.key_channels])
-        k = tf.reshape(tf.cast(self.key(x), "float32"), [batch, -1, self.key_channels])
-        v = tf.reshape(self.value(x), [batch, -1, channels])
-        attention = tf.nn.softmax(tf.einsum("bic,bjc->bij", q, k), axis=-1)
-        out = tf.einsum("bij,bjc->bic", tf.cast(attention, v.dtype), v)
-        return tf.cast(self.gamma, x.dtype) * tf.reshape(out, shape) + x
+        q = ops.reshape(ops.cast(self.query(x), "float32"), (batch, -1, self.key_channels))
+        k = ops.reshape(ops.cast(self.key(x), "float32"), (batch, -1, self.key_channels))
+        v = ops.reshape(self.value(x), (batch, -1, channels))
+        attention = ops.softmax(ops.einsum("bic,bjc->bij", q, k), axis=-1)
+        out = ops.einsum("bij,bjc->bic", ops.cast(attention, v.dtype), v)
+        return ops.cast(self.gamma, x.dtype) * ops.reshape(out, shape) + x
 
 
 @keras.saving.register_keras_serializable(package="ocr_tf")
@@ -507,13 +512,13 @@ class ChannelAttention(keras.layers.Layer):
         self.built = True
 
     def call(self, x):
-        shape = tf.shape(x)
-        flat = tf.reshape(tf.cast(x, "float32"), [shape[0], -1, shape[3]])
-        energy = tf.einsum("bnc,bnd->bcd", flat, flat)
-        energy = tf.reduce_max(energy, axis=-1, keepdims=True) - energy
-        attention = tf.nn.softmax(energy, axis=-1)
-        out = tf.einsum("bcd,bnd->bnc", attention, flat)
-        return tf.cast(self.beta * tf.reshape(out, shape), x.dtype) + x
+        shape = ops.shape(x)
+        flat = ops.reshape(ops.cast(x, "float32"), (shape[0], -1, shape[3]))
+        energy = ops.einsum("bnc,bnd->bcd", flat, flat)
+        energy = ops.max(energy, axis=-1, keepdims=True) - energy
+        attention = ops.softmax(energy, axis=-1)
+        out = ops.einsum("bcd,bnd->bnc", attention, flat)
+        return ops.cast(self.beta * ops.reshape(out, shape), x.dtype) + x
 
 
 @keras.saving.register_keras_serializable(package="ocr_tf")
@@ -552,18 +557,18 @@ class CrissCrossAttention(_QueryKeyValueAttention):
     own position once), out = gamma * sum a_ij V_j + x; q, k conv1x1 to `key_channels`, V to C."""
 
     def call(self, x):
-        h = tf.shape(x)[1]
-        q = tf.cast(self.query(x), "float32")
-        k = tf.cast(self.key(x), "float32")
-        v = tf.cast(self.value(x), "float32")
-        column = tf.einsum("bijc,bhjc->bijh", q, k)  # pixel (i, j) vs (h, j)
+        h = ops.shape(x)[1]
+        q = ops.cast(self.query(x), "float32")
+        k = ops.cast(self.key(x), "float32")
+        v = ops.cast(self.value(x), "float32")
+        column = ops.einsum("bijc,bhjc->bijh", q, k)  # pixel (i, j) vs (h, j)
         # The position itself is in both its row and its column: count it in the row only.
-        column = tf.where(tf.eye(h, dtype=tf.bool)[:, None, :], float("-inf"), column)
-        row = tf.einsum("bijc,biwc->bijw", q, k)  # pixel (i, j) vs (i, w)
-        attention = tf.nn.softmax(tf.concat([column, row], axis=-1), axis=-1)
+        column = ops.where(ops.cast(ops.eye(h), "bool")[:, None, :], float("-inf"), column)
+        row = ops.einsum("bijc,biwc->bijw", q, k)  # pixel (i, j) vs (i, w)
+        attention = ops.softmax(ops.concatenate([column, row], axis=-1), axis=-1)
         a_column, a_row = attention[..., :h], attention[..., h:]
-        out = tf.einsum("bijh,bhjc->bijc", a_column, v) + tf.einsum("bijw,biwc->bijc", a_row, v)
-        return tf.cast(self.gamma * out, x.dtype) + x
+        out = ops.einsum("bijh,bhjc->bijc", a_column, v) + ops.einsum("bijw,biwc->bijc", a_row, v)
+        return ops.cast(self.gamma * out, x.dtype) + x
 
 
 @keras.saving.register_keras_serializable(package="ocr_tf")

@@ -8,10 +8,11 @@ Representations for Semantic Segmentation"), computed as the official HRNet-OCR 
   augmented pixels       -> `SpatialOCR` (eq. 6)
 
 All tensors are channels last (NHWC). Softmaxes and logits run in float32 under mixed precision.
+Written in `keras.ops`: the same code runs on the TensorFlow, JAX and PyTorch backends.
 """
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from ocr_tf.layers.common import ConvBN, head_output_shapes, resize_bilinear
 
@@ -56,16 +57,14 @@ class SpatialGather(keras.layers.Layer):
         self.built = True
 
     def call(self, pixels, regions):
-        shape = tf.shape(pixels)
-        batch, channels = shape[0], shape[3]
-        num_regions = tf.shape(regions)[3]
-        x = tf.reshape(pixels, [batch, -1, channels])
-        m = tf.reshape(tf.cast(regions, "float32"), [batch, -1, num_regions])
-        m = tf.nn.softmax(self.scale * m, axis=1)  # over the h*w pixels, per region
+        batch, channels = ops.shape(pixels)[0], ops.shape(pixels)[3]
+        x = ops.reshape(pixels, (batch, -1, channels))
+        m = ops.reshape(ops.cast(regions, "float32"), (batch, -1, ops.shape(regions)[3]))
+        m = ops.softmax(self.scale * m, axis=1)  # over the h*w pixels, per region
         # Weights are ~1/(h*w): far below float16's normal range at real sizes, so the weighted sum
         # runs in float32 too and only the result goes back to the compute dtype.
-        f = tf.einsum("bnk,bnc->bkc", m, tf.cast(x, "float32"))
-        return tf.cast(f, pixels.dtype)
+        f = ops.einsum("bnk,bnc->bkc", m, ops.cast(x, "float32"))
+        return ops.cast(f, pixels.dtype)
 
     def compute_output_shape(self, pixels_shape, regions_shape):
         return (pixels_shape[0], regions_shape[3], pixels_shape[3])
@@ -147,19 +146,18 @@ class ObjectAttention(keras.layers.Layer):
             key = layer(key, training=training)
         value = self.f_down(f, training=training)
 
-        shape = tf.shape(query)
-        batch, h, w = shape[0], shape[1], shape[2]
-        query = tf.reshape(query, [batch, -1, self.key_channels])  # (B, hw, kc)
-        key = tf.squeeze(key, axis=2)  # (B, K, kc)
-        value = tf.squeeze(value, axis=2)  # (B, K, kc)
+        batch, h, w = ops.shape(query)[:3]
+        query = ops.reshape(query, (batch, -1, self.key_channels))  # (B, hw, kc)
+        key = ops.squeeze(key, axis=2)  # (B, K, kc)
+        value = ops.squeeze(value, axis=2)  # (B, K, kc)
 
-        sim = tf.einsum("bnc,bkc->bnk", tf.cast(query, "float32"), tf.cast(key, "float32"))
-        sim = tf.nn.softmax(sim * self.key_channels**-0.5, axis=-1)  # over the K regions
-        context = tf.einsum("bnk,bkc->bnc", tf.cast(sim, value.dtype), value)
-        context = tf.reshape(context, [batch, h, w, self.key_channels])
+        sim = ops.einsum("bnc,bkc->bnk", ops.cast(query, "float32"), ops.cast(key, "float32"))
+        sim = ops.softmax(sim * self.key_channels**-0.5, axis=-1)  # over the K regions
+        context = ops.einsum("bnk,bkc->bnc", ops.cast(sim, value.dtype), value)
+        context = ops.reshape(context, (batch, h, w, self.key_channels))
         context = self.f_up(context, training=training)
         if self.pool is not None:
-            context = resize_bilinear(context, tf.shape(pixels)[1:3], self.align_corners)
+            context = resize_bilinear(context, ops.shape(pixels)[1:3], self.align_corners)
         return context
 
     def compute_output_shape(self, pixels_shape, regions_shape):
@@ -229,7 +227,7 @@ class SpatialOCR(keras.layers.Layer):
 
     def call(self, pixels, regions, training=None):
         context = self.attention(pixels, regions, training=training)
-        x = tf.concat([context, pixels], axis=-1)
+        x = ops.concatenate([context, pixels], axis=-1)
         x = self.fuse(x, training=training)
         if self.drop is not None:
             x = self.drop(x, training=training)
@@ -360,7 +358,7 @@ class OCRHead(keras.layers.Layer):
         feats = stem if self.shared_stem else self.conv3x3_ocr(features, training=training)
         if aux_features is not None:
             # The ResNet recipe's stage 3 and 4 share one stride; guard against a mismatch anyway.
-            aux_logits_at_feats = resize_bilinear(aux_logits, tf.shape(feats)[1:3], self.align_corners)
+            aux_logits_at_feats = resize_bilinear(aux_logits, ops.shape(feats)[1:3], self.align_corners)
         else:
             aux_logits_at_feats = aux_logits
         regions = self.gather(feats, aux_logits_at_feats)
