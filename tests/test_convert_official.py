@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ocr_tf import convert
+from ocr_tf.cli import convert as convert_cli
 from ocr_tf.official import build_official, official_model
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "hrnet_ocr_tiny_official.npz")
@@ -54,7 +55,7 @@ def test_converted_checkpoint_equals_the_official_model(tmp_path, preset, capsys
         extra = HRNET_CONFIGS["w48"]
         args, classes, mid, key = ["--model", "hrnet_w48_ocr"], 19, 512, 256
     torch.save(randomized_official(extra, classes, mid, key, seed=1), tmp_path / "ckpt.pth")
-    rc = convert.main([
+    rc = convert_cli.main([
         "--checkpoint", str(tmp_path / "ckpt.pth"), *args, "--num-classes", str(classes),
         "--mid-channels", str(mid), "--key-channels", str(key), "--out", str(tmp_path / "out"),
         "--official-repo", REPO, "--verify-size", "70x90",

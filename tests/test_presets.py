@@ -17,6 +17,7 @@ import pytest
 
 import ocr_tf
 from ocr_tf import convert, presets
+from ocr_tf.cli import convert as convert_cli
 from ocr_tf.errors import UserError
 
 torch = pytest.importorskip("torch")
@@ -330,7 +331,7 @@ def test_convert_cli_writes_a_preset_with_provenance(fixture, config, state, cla
     checkpoint = pth_bytes(torch04_state(state, seed=1), tmp_path, legacy=True)
     pth.write_bytes(checkpoint)
     out = tmp_path / "preset"
-    rc = convert.main([
+    rc = convert_cli.main([
         "--checkpoint", str(pth), "--model", "hrnet_w18_ocr", "--dataset", classes_file, "--out", str(out),
         "--extra", json.dumps(config["extra"]), "--mid-channels", "32", "--key-channels", "16",
         "--verify", FIXTURE,
@@ -348,7 +349,7 @@ def test_convert_cli_writes_a_preset_with_provenance(fixture, config, state, cla
     printed = capsys.readouterr().out
     assert f"wrote preset {out}" in printed and "InPlaceABN" in printed
     # read as plain BatchNorm weights, the same file misses the official outputs: nothing is written
-    rc = convert.main(["--checkpoint", str(pth), "--model", "hrnet_w18_ocr", "--dataset", classes_file,
+    rc = convert_cli.main(["--checkpoint", str(pth), "--model", "hrnet_w18_ocr", "--dataset", classes_file,
                        "--out", str(tmp_path / "plain"), "--extra", json.dumps(config["extra"]), "--mid-channels",
                        "32", "--key-channels", "16", "--verify", FIXTURE, "--inplace-abn", "false"])
     assert rc == 2 and not (tmp_path / "plain").exists()

@@ -81,8 +81,8 @@ def quiet_tensorflow():
 
 
 def _error_line(e):
-    text = str(e).strip() or e.__class__.__name__
-    return text.splitlines()[0] if len(text.splitlines()) == 1 else text
+    """The message as is: one line, or a first line followed by a list (e.g. every mismatch)."""
+    return str(e).strip() or e.__class__.__name__
 
 
 def command(build_parser):
