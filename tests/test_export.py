@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from ocr_tf import export
+from ocr_tf.errors import UserError
 from ocr_tf.data.records import encode_png, make_example
 from ocr_tf.layers import ConvBN, OCRHead
 from ocr_tf.preprocessing import normalize_image
@@ -203,7 +204,7 @@ def test_versions_count_up_and_never_overwrite(tmp_path):
     (base / "notes.txt").write_text("x")
     assert export.export_saved_model(model, str(base)) == str(base / "8")
     assert export.export_saved_model(model, str(base), version=3) == str(base / "3")
-    with pytest.raises(FileExistsError, match="already exists"):
+    with pytest.raises(UserError, match="already exists"):
         export.export_saved_model(model, str(base), version=8)
     with pytest.raises(ValueError, match="3 names but the model has 5 classes"):
         export.export_saved_model(model, str(base), class_names=["a", "b", "c"])
