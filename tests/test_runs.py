@@ -184,7 +184,8 @@ def test_a_finished_run_holds_one_best_set_and_is_not_retrained(tmp_path, capsys
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / f"training_log.csv.tmp-{dead_pid}").write_text("left by a killed run")
-    args = tiny_overrides(str(run_dir), iterations=2, steps_per_epoch=2, extra=["data.val_steps=1"])
+    args = tiny_overrides(str(run_dir), iterations=2, steps_per_epoch=2,
+                          extra=["data.val_steps=1", "train.tensorboard_images=0"])
     assert main(args) == 0
     assert not (run_dir / f"training_log.csv.tmp-{dead_pid}").exists()  # cleaned by the next run
     ckpt = run_dir / "checkpoints"
