@@ -397,8 +397,9 @@ def main(argv=None):
         return 2
     print(format_report(report))
     errors = count_errors(report)
-    print(f"{errors} error(s)" + (": python -m ocr_tf.data.convert stops on these unless --force" if errors else
-                                  ": the data looks usable"))
+    print(f"{errors} error(s)" + (": python -m ocr_tf.data.convert stops on these (--skip-bad skips unusable "
+                                  "pairs; --force keeps 0/255 masks as they are and makes unknown ids ignore)"
+                                  if errors else ": the data looks usable"))
     return 1 if errors else 0
 
 
