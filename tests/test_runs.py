@@ -214,3 +214,14 @@ def test_training_on_a_damaged_shard_names_it(tmp_path, capsys, demo_cache):
     err = capsys.readouterr().err
     assert err.startswith(f"error: shard {shard} is damaged at record 0 (corrupted record at 0")
     assert "data.skip_bad: true" in err and "Traceback" not in err
+
+
+def test_an_output_folder_under_a_file_is_named(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    from ocr_tf.errors import UserError
+
+    with pytest.raises(UserError, match=rf"--out {tmp_path}/afile/out: {tmp_path}/afile is a file, expected a folder"):
+        temporaries.ensure_output_dir(str(tmp_path / "afile" / "out"), "--out")
+    plan = runs.prepare(str(tmp_path / "afile" / "run"))
+    with pytest.raises(ValueError, match=r"output\.dir .*afile/run: .*afile is a file, expected a folder"):
+        runs.start(str(tmp_path / "afile" / "run"), plan)
