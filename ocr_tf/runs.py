@@ -167,7 +167,7 @@ def describe_finished(run_dir, state):
         value = result.get(key)
         if isinstance(value, dict):
             for kind, path in value.items():
-                lines.append(f"  {label} {kind}: {path}")
+                lines.append(f"  {label} {kind}: {os.path.abspath(path) if os.path.exists(path) else path}")
         elif value:
             lines.append(f"  {label}: {os.path.abspath(value)}")
     lines.append("  To train again: --new-run (moves this run to <folder>.previous-<time>) or another --output-dir.")
