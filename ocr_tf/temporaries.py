@@ -5,8 +5,8 @@ Every write in ocr_tf goes to a temporary name and is renamed when complete, so 
 leaves a half-written file under a real name; it does leave the temporary. Those names carry
 the writer's process id: `<name>.tmp-<pid>` / `<name>.tmp-<pid>.<ext>` (shards, JSON, weights,
 .keras) and the export folders `.tmp-<version>-<pid>-*` and `.tflite-export-<pid>-*`.
-`remove_stale(folder)` deletes the ones whose process is gone; the next conversion, training run or export calls it on its
-output folder. Limitation: the pid is checked on this machine, so on a folder shared by several
+`remove_stale(folder)` deletes the ones whose process is gone; the next conversion, training
+run or export calls it on its output folder. Limitation: the pid is checked on this machine, so on a folder shared by several
 machines a temporary of a live writer elsewhere could look stale; our multi-machine writers
 (the chief of a multi-worker run) write from one machine only.
 """
