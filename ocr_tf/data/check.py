@@ -327,13 +327,13 @@ def check_records(pattern, num_classes=None, limit=None, progress=False):
             try:
                 example = records.example_fields(serialized, where)
                 data = example["image"]
-                image = images._decode(data, where, "image")
+                image = images.decode_bytes(data, where, "image")
                 depth = images.bit_depth(image, data)
-                rgb = images._to_rgb8(image, where, data)
+                rgb = images.to_rgb8(image, where, data)
                 raw = label = None
                 unknown = ()
                 if example["label"]:
-                    mask = images._decode(example["label"], where, "label")
+                    mask = images.decode_bytes(example["label"], where, "label")
                     if mask.mode not in ("L", "P"):
                         raise UserError(f"{where} ({example['source_id']}): label PNG is mode {mask.mode}, "
                                         "expected 8-bit class ids")
