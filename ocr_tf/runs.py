@@ -118,7 +118,9 @@ def start(run_dir, plan):
     (`plan.moved_to`), then mark the run as running (a resumed run keeps its first start time)."""
     if plan.new_run and os.path.isdir(run_dir) and os.listdir(run_dir):
         plan.moved_to = move_aside(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
+    from ocr_tf.temporaries import ensure_output_dir
+
+    ensure_output_dir(run_dir, "output.dir")
     state = read_state(run_dir)
     state.update({"run_id": plan.run_id, "status": "running", "started": state.get("started") or _now()})
     state.setdefault("resumed", 0)
@@ -165,7 +167,7 @@ def describe_finished(run_dir, state):
         value = result.get(key)
         if isinstance(value, dict):
             for kind, path in value.items():
-                lines.append(f"  {label} {kind}: {path}")
+                lines.append(f"  {label} {kind}: {os.path.abspath(path) if os.path.exists(path) else path}")
         elif value:
             lines.append(f"  {label}: {os.path.abspath(value)}")
     lines.append("  To train again: --new-run (moves this run to <folder>.previous-<time>) or another --output-dir.")

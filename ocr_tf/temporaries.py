@@ -1,11 +1,12 @@
-"""Our own temporary files, and removing the ones a killed process left behind.
+"""Output folders: creating them (a clear error when that cannot be), and removing the
+temporary files a killed process of ours left in them.
 
 Every write in ocr_tf goes to a temporary name and is renamed when complete, so a kill never
 leaves a half-written file under a real name; it does leave the temporary. Those names carry
 the writer's process id: `<name>.tmp-<pid>` / `<name>.tmp-<pid>.<ext>` (shards, JSON, weights,
 .keras) and the export folders `.tmp-<version>-<pid>-*` and `.tflite-export-<pid>-*`.
-`remove_stale(folder)` deletes the ones whose process is gone; the next conversion, training run or export calls it on its
-output folder. Limitation: the pid is checked on this machine, so on a folder shared by several
+`remove_stale(folder)` deletes the ones whose process is gone; the next conversion, training
+run or export calls it on its output folder. Limitation: the pid is checked on this machine, so on a folder shared by several
 machines a temporary of a live writer elsewhere could look stale; our multi-machine writers
 (the chief of a multi-worker run) write from one machine only.
 """
@@ -18,6 +19,23 @@ import shutil
 # (SavedModel version 3 by pid 123) and `.tflite-export-123-abcd1234`
 _FILE = re.compile(r"\.tmp-(\d+)(?:\.|$)")
 _EXPORT_DIR = re.compile(r"^\.(?:tmp-\d+|tflite-export)-(\d+)-")
+
+
+def ensure_output_dir(path, what):
+    """`os.makedirs(path)`, or a UserError naming `what` (e.g. '--out') and the part of the path
+    that is in the way (a file where a folder should be, no permission)."""
+    from ocr_tf.errors import UserError
+
+    try:
+        os.makedirs(path, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = path
+        while blocker and not os.path.exists(blocker):
+            blocker = os.path.dirname(blocker)
+        raise UserError(f"{what} {path}: {blocker or path} is a file, expected a folder") from None
+    except PermissionError:
+        raise UserError(f"{what} {path}: no permission to create or write this folder") from None
+    return path
 
 
 def pid_alive(pid):

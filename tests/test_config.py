@@ -157,7 +157,8 @@ def test_values_out_of_range_are_named_with_the_range(section, key, value, expec
 
 
 def test_out_of_range_override_names_the_set_flag(tmp_path):
-    with pytest.raises(ConfigError, match=r"train\.lr must be > 0.*got -0\.05 \(defaults \+ --set .*train\.lr=-0\.05\)"):
+    expected = r"train\.lr must be > 0.*got -0\.05 \(defaults \+ --set .*train\.lr=-0\.05\)"
+    with pytest.raises(ConfigError, match=expected):
         load_config(None, ["data.num_classes=3", "train.lr=-0.05"])
 
 

@@ -61,3 +61,18 @@ def test_evaluate_names_a_damaged_shard(tmp_path):
     junk.write_bytes(RNG.bytes(500))
     with pytest.raises(records.RecordError, match=rf"shard {junk} is damaged at record 0"):
         evaluate_model(None, str(junk), dataset="demo", num_classes=2, progress=False)
+
+
+def test_a_bad_record_found_while_training_is_one_line_naming_it(tmp_path):
+    with records.ShardedWriter(str(tmp_path), "val", 1) as writer:
+        writer.add(np.zeros((6, 8, 3), np.uint8), np.full((6, 8), 1, np.uint8), "ok-0")
+        writer.add(np.zeros((6, 8, 3), np.uint8), np.full((6, 8), 9, np.uint8), "range-1")
+    files = [str(tmp_path / "val-00000-of-00001.tfrecord")]
+    ds = make_dataset(files, num_classes=5, training=True, batch_size=1, crop_size=(4, 4), repeat=1)
+    with pytest.raises(records.RecordError) as e:
+        with records.naming_damaged_shards(files):
+            for _ in ds:
+                pass
+    assert str(e.value).startswith(f"record 1 of {files[0]} (source_id: range-1): label values 9 are out of "
+                                   "range (expected < 5 or 255); python -m ocr_tf.data.check")
+    assert "\n" not in str(e.value)

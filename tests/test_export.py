@@ -249,8 +249,9 @@ def test_killed_export_leaves_no_version_directory(tmp_path):
     assert len(left) == 1 and left[0].startswith(".tmp-1-")  # the model was being written ...
     assert os.path.isfile(base / left[0] / "saved_model.pb")
     assert not [n for n in left if n.isdigit()]  # ... but no version TF Serving would load
-    # The next export still gets version 1 and ignores the leftover.
+    # The next export still gets version 1, and removes the killed export's leftover.
     assert export.export_saved_model(tiny_segmenter(), str(base)) == str(base / "1")
+    assert os.listdir(base) == ["1"]
 
 
 def test_cli_exports_a_keras_file_with_its_class_names(tmp_path):

@@ -184,7 +184,8 @@ def test_a_finished_run_holds_one_best_set_and_is_not_retrained(tmp_path, capsys
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / f"training_log.csv.tmp-{dead_pid}").write_text("left by a killed run")
-    args = tiny_overrides(str(run_dir), iterations=2, steps_per_epoch=2, extra=["data.val_steps=1"])
+    args = tiny_overrides(str(run_dir), iterations=2, steps_per_epoch=2,
+                          extra=["data.val_steps=1", "train.tensorboard_images=0"])
     assert main(args) == 0
     assert not (run_dir / f"training_log.csv.tmp-{dead_pid}").exists()  # cleaned by the next run
     ckpt = run_dir / "checkpoints"
@@ -213,3 +214,14 @@ def test_training_on_a_damaged_shard_names_it(tmp_path, capsys, demo_cache):
     err = capsys.readouterr().err
     assert err.startswith(f"error: shard {shard} is damaged at record 0 (corrupted record at 0")
     assert "data.skip_bad: true" in err and "Traceback" not in err
+
+
+def test_an_output_folder_under_a_file_is_named(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    from ocr_tf.errors import UserError
+
+    with pytest.raises(UserError, match=rf"--out {tmp_path}/afile/out: {tmp_path}/afile is a file, expected a folder"):
+        temporaries.ensure_output_dir(str(tmp_path / "afile" / "out"), "--out")
+    plan = runs.prepare(str(tmp_path / "afile" / "run"))
+    with pytest.raises(ValueError, match=r"output\.dir .*afile/run: .*afile is a file, expected a folder"):
+        runs.start(str(tmp_path / "afile" / "run"), plan)

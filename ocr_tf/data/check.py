@@ -327,13 +327,13 @@ def check_records(pattern, num_classes=None, limit=None, progress=False):
             try:
                 example = records.example_fields(serialized, where)
                 data = example["image"]
-                image = images._decode(data, where, "image")
+                image = images.decode_bytes(data, where, "image")
                 depth = images.bit_depth(image, data)
-                rgb = images._to_rgb8(image, where, data)
+                rgb = images.to_rgb8(image, where, data)
                 raw = label = None
                 unknown = ()
                 if example["label"]:
-                    mask = images._decode(example["label"], where, "label")
+                    mask = images.decode_bytes(example["label"], where, "label")
                     if mask.mode not in ("L", "P"):
                         raise UserError(f"{where} ({example['source_id']}): label PNG is mode {mask.mode}, "
                                         "expected 8-bit class ids")
@@ -397,8 +397,9 @@ def main(argv=None):
         return 2
     print(format_report(report))
     errors = count_errors(report)
-    print(f"{errors} error(s)" + (": python -m ocr_tf.data.convert stops on these unless --force" if errors else
-                                  ": the data looks usable"))
+    print(f"{errors} error(s)" + (": python -m ocr_tf.data.convert stops on these (--skip-bad skips unusable "
+                                  "pairs; --force keeps 0/255 masks as they are and makes unknown ids ignore)"
+                                  if errors else ": the data looks usable"))
     return 1 if errors else 0
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from ocr_tf.data import check, images
 from ocr_tf.data.datasets import base, get_module
 from ocr_tf.errors import MissingFileError, UserError
-from ocr_tf.temporaries import remove_stale
+from ocr_tf.temporaries import ensure_output_dir, remove_stale
 
 DATASET_HELP = {
     "cityscapes": "leftImg8bit/ + gtFine/ (or gtCoarse/ with --coarse); labelIds -> trainIds "
@@ -105,7 +105,7 @@ def convert_split(module, info, label_map, root, out, split, records_per_shard=1
 
     if not force:
         _preflight(pairs, table, known, info, colour_table)
-    os.makedirs(out, exist_ok=True)
+    ensure_output_dir(out, "--out")
     remove_stale(out)
     with records.ShardedWriter(out, split, shards, info.num_classes, info.class_names,
                                overwrite=overwrite) as writer, \

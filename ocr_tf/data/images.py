@@ -61,8 +61,15 @@ def encode_png(array):
     return buf.getvalue()
 
 
-def _decode(data, path, what):
-    """PIL image with every pixel decoded; ImageReadError naming `path` if that fails."""
+def decode_bytes(data, path, what):
+    """A PIL image with every pixel decoded.
+
+    Args:
+      data: the encoded file's bytes.
+      path: the file (or record) named in the error.
+      what: 'image', 'mask' or 'label', for the error.
+    Raises ImageReadError naming `path` when the bytes are not an image or are cut short.
+    """
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
@@ -111,8 +118,14 @@ def bit_depth(image, data=b""):
     return 8
 
 
-def _to_rgb8(image, path, data):
-    """uint8 HxWx3 of a decoded PIL image; 16-bit scaled by value // 256 (see module doc)."""
+def to_rgb8(image, path, data):
+    """uint8 HxWx3 of a decoded PIL image; 16-bit scaled by value // 256 (see module doc).
+
+    Args:
+      image: from `decode_bytes`.
+      path: the file (or record) named in errors.
+      data: its encoded bytes (a 16-bit RGB PNG is told from its header).
+    """
     if image.mode in SIXTEEN_BIT_MODES:
         array = np.asarray(image)
         if image.mode == "I" and bit_depth(image, data) == 32:
@@ -138,10 +151,10 @@ def read_image(path, exif=True):
     Raises ImageReadError naming the file when it is not an image or is truncated/corrupt.
     """
     data = _read_bytes(path, "image")
-    image = _decode(data, path, "image")
+    image = decode_bytes(data, path, "image")
     if exif:
         image = ImageOps.exif_transpose(image)
-    return _to_rgb8(image, path, data)
+    return to_rgb8(image, path, data)
 
 
 def encoded_image(path):
@@ -152,11 +165,11 @@ def encoded_image(path):
     palette/RGBA/CMYK to RGB).
     """
     data = _read_bytes(path, "image")
-    image = _decode(data, path, "image")
+    image = decode_bytes(data, path, "image")
     depth = bit_depth(image, data)
     if sniff_format(data) is not None and image.mode in ("RGB", "L") and depth == 8:
         return Encoded(data, image.size, depth, None)
-    rgb = _to_rgb8(image, path, data)
+    rgb = to_rgb8(image, path, data)
     return Encoded(encode_png(rgb), image.size, depth, int(rgb.max(initial=0)) if depth == 16 else None)
 
 
@@ -187,7 +200,7 @@ def read_mask(path, colour_table=None):
     instead of ids, with the colours found).
     """
     data = _read_bytes(path, "mask")
-    image = _decode(data, path, "mask")
+    image = decode_bytes(data, path, "mask")
     if image.mode in ("L", "P", "1"):
         return np.asarray(image, dtype=np.uint8) if image.mode != "1" else np.asarray(image).astype(np.uint8)
     if image.mode in SIXTEEN_BIT_MODES:

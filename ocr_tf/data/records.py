@@ -409,14 +409,32 @@ def find_damaged_shards(files):
 _READ_ERROR_WORDS = ("corrupted record", "truncated record", "data_loss", "record at", "checksum")
 
 
+def record_assertion(error):
+    """The one-line message of a `decode_record` check that failed inside tf.data ('record 1 of
+    F (source_id: x): label values 9 are out of range ...'), or None for other errors."""
+    import re
+
+    match = re.search(r"assertion failed: (.*)", error.message)
+    if not match or "(source_id:" not in match.group(1):
+        return None
+    parts = re.findall(r"\[((?:[^\[\]]|\[[^\]]*\])*)\]", match.group(1).split("\n")[0])
+    return " ".join(p.strip() for p in parts)
+
+
 @contextlib.contextmanager
 def naming_damaged_shards(files):
     """Around code that iterates a dataset of `files`: a TFRecord read error (DataLossError,
     'corrupted record at 0' without a file name) is re-raised as a RecordError naming the
-    damaged shard(s), found by reading each shard once."""
+    damaged shard(s), found by reading each shard once; a failed record check of
+    `decode_record` (bad label values, sizes, image bytes) as a RecordError with its message
+    on one line, without TensorFlow's stack."""
     try:
         yield
     except tf.errors.OpError as e:
+        bad_record = record_assertion(e)
+        if bad_record:
+            raise RecordError(f"{bad_record}; python -m ocr_tf.data.check '<glob>' lists every bad record, "
+                              "data.skip_bad: true skips them") from None
         text = f"{e.__class__.__name__} {e.message}".lower()
         if not isinstance(e, tf.errors.DataLossError) and not any(w in text for w in _READ_ERROR_WORDS):
             raise
