@@ -30,6 +30,7 @@ import tensorflow as tf
 from PIL import Image
 from tqdm import tqdm
 
+from ocr_tf.layers.mscale import is_mscale
 from ocr_tf.metrics import ConfusionMatrix, miou_from_confusion
 from ocr_tf.preprocessing import IGNORE_LABEL, normalize_image
 from ocr_tf.visualize import save_png
@@ -184,6 +185,8 @@ def evaluate_model(
     if not files:
         raise FileNotFoundError(f"--data: no TFRecord files match {data!r}.")
     run = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    if is_mscale(model):  # inference runs its own multi-scale graph (issue 15)
+        run = model
     tables = label_tables(dataset)
     names = tf.data.Dataset.from_tensor_slices(files)
     records_ds = names.interleave(

@@ -29,6 +29,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from ocr_tf.evaluate import add_inference_arguments, inference_options
+from ocr_tf.layers.mscale import is_mscale
 from ocr_tf.preprocessing import normalize_image
 from ocr_tf.visualize import colorize, overlay, region_grid, save_png
 
@@ -107,6 +108,8 @@ class KerasPredictor:
     def __init__(self, model, num_classes, options):
         self.model = model
         self.run = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        if is_mscale(model):  # inference runs its own multi-scale graph (issue 15)
+            self.run = model
         self.num_classes = num_classes
         self.options = options
 
