@@ -18,12 +18,18 @@ What `predict_logits` computes, for normalised images x (B, H, W, 3):
 
 The result is non-negative scores (B, H, W, K); its argmax is the prediction. With merge="exp"
 and one scale/no flip, log(scores) equals the resized logits.
+
+A multi-scale attention network (`*_mscale_ocr`, given itself rather than wrapped in a function)
+merges its scales by NVIDIA's hierarchical attention (`ocr_tf.layers.mscale.mscale_predict`; the
+scales must contain 1.0) in place of the sum above; flip averages the merged logits of the image
+and its mirror, as NVIDIA's evaluation does.
 """
 
 import numpy as np
 import tensorflow as tf
 
 from ocr_tf.layers.common import resize_bilinear
+from ocr_tf.layers.mscale import check_scales, is_mscale
 from ocr_tf.preprocessing import normalize_image
 
 MODES = ("whole", "slide")
@@ -60,10 +66,18 @@ def window_positions(length, crop, stride):
 
 
 class _Scorer:
-    """Scores one (padded) input: logits resized to the input, flip-averaged, exponentiated."""
+    """Scores one (padded) input: logits resized to the input, flip-averaged, exponentiated.
+    With `mscale_scales`, the logits are the hierarchical multi-scale merge of a multi-scale
+    attention network (ocr_tf/layers/mscale.py) instead of one pass."""
 
-    def __init__(self, model, num_classes, flip, flip_pairs, align_corners, merge):
+    def __init__(self, model, num_classes, flip, flip_pairs, align_corners, merge, mscale_scales=None):
         self.model = model
+        self.mscale = None
+        if mscale_scales is not None:
+            from ocr_tf.layers.mscale import mscale_predict
+
+            network = getattr(model, "network", model)
+            self.mscale = tf.function(lambda x: mscale_predict(network, x, mscale_scales), reduce_retracing=True)
         self.num_classes = num_classes
         self.flip = flip
         self.align_corners = align_corners
@@ -76,6 +90,8 @@ class _Scorer:
         self.perm = None if perm == list(range(num_classes)) else tf.constant(perm)
 
     def logits(self, x):
+        if self.mscale is not None:  # already at the input size
+            return self.mscale(x)
         logits = _logits_of(self.model(x))
         if logits.shape[-1] != self.num_classes:
             raise ValueError(f"model gives {logits.shape[-1]} classes, num_classes is {self.num_classes}.")
@@ -164,7 +180,10 @@ def predict_logits(
     if x.shape.rank != 4 or x.shape[-1] != 3:
         raise ValueError(f"image must be (H, W, 3) or (B, H, W, 3), got shape {tuple(x.shape)}.")
     height, width = x.shape[1], x.shape[2]
-    score = _Scorer(model, num_classes, flip, flip_pairs, align_corners, merge)
+    mscale_scales = None
+    if is_mscale(model):  # NVIDIA's hierarchical merge replaces the sum over scales (issue 15)
+        mscale_scales, scales = tuple(check_scales(scales)), (1.0,)
+    score = _Scorer(model, num_classes, flip, flip_pairs, align_corners, merge, mscale_scales)
 
     total = None
     for s in scales:
@@ -178,7 +197,10 @@ def predict_logits(
 
 
 def compiled_runner(network):
-    """`network(x, training=False)` as a `tf.function` that retraces only on new ranks/dtypes."""
+    """`network(x, training=False)` as a `tf.function` that retraces only on new ranks/dtypes; a
+    multi-scale attention network is returned as is (`predict_logits` compiles its merge)."""
+    if is_mscale(network):
+        return network
     return tf.function(lambda x: network(x, training=False), reduce_retracing=True)
 
 

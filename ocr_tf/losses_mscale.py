@@ -20,6 +20,7 @@ Written in keras.ops (every backend); no library has RMI.
 
 from keras import ops
 
+from ocr_tf.layers.common import resize_bilinear
 from ocr_tf.preprocessing import IGNORE_LABEL
 
 _CLIP_MIN = 1e-6
@@ -38,8 +39,11 @@ def _valid_onehot(labels, num_classes):
 def _to_label_size(logits, labels):
     """Logits at the labels' size (half-pixel bilinear, as NVIDIA's align_corners=False)."""
     logits = ops.cast(logits, "float32")
-    if tuple(logits.shape[1:3]) != tuple(labels.shape[1:3]):
-        logits = ops.image.resize(logits, ops.shape(labels)[1:3], interpolation="bilinear", antialias=False)
+    got, want = tuple(logits.shape[1:3]), tuple(labels.shape[1:3])
+    if None in got + want:  # sizes known only at run time: keras.ops.image.resize needs ints
+        return resize_bilinear(logits, ops.shape(labels)[1:3], align_corners=False)
+    if got != want:
+        logits = ops.image.resize(logits, want, interpolation="bilinear", antialias=False)
     return logits
 
 
@@ -57,14 +61,14 @@ def rmi_lower_bound(onehot, probs, radius=3, pool=4):
     pad = [[0, 0], [pool // 2, pool // 2], [pool // 2, pool // 2], [0, 0]]
     onehot = ops.average_pool(ops.pad(onehot, pad), pool, pool, padding="valid")
     probs = ops.average_pool(ops.pad(probs, pad), pool, pool, padding="valid")
-    h, w = onehot.shape[1], onehot.shape[2]
-    new_h, new_w = h - (radius - 1), w - (radius - 1)
+    shape = ops.shape(onehot)  # Python ints, or tensors when the size is known only at run time
+    new_h, new_w = shape[1] - (radius - 1), shape[2] - (radius - 1)
     d = radius * radius
 
     def vectors(x):  # (B, H, W, K) -> (B, K, d, N) in float64
         parts = [x[:, y : y + new_h, xx : xx + new_w, :] for y in range(radius) for xx in range(radius)]
         v = ops.stack(parts, axis=1)  # (B, d, h', w', K)
-        v = ops.reshape(v, (ops.shape(v)[0], d, new_h * new_w, ops.shape(v)[-1]))
+        v = ops.reshape(v, (shape[0], d, -1, shape[3]))
         v = ops.cast(ops.transpose(v, (0, 3, 1, 2)), "float64")
         return v - ops.mean(v, axis=3, keepdims=True)
 

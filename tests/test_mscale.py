@@ -211,3 +211,27 @@ def test_w48_parameter_count_equals_nvidia():
     model = build_model("hrnet_w48_mscale_ocr", 19)
     assert trainable(model) == 72_143_430  # NVIDIA's count (sum of parameters()) at 19 classes
     assert trainable(model.get_layer("head").scale_attn) == 1_770_752
+
+
+# ---------------------------------------------------------------- inference integration
+
+
+def test_predict_logits_uses_the_hierarchical_merge(converted, fixture):
+    """ocr_tf.inference (evaluate / predict) on a multi-scale network: NVIDIA's merge, not [HR]'s sum."""
+    from ocr_tf.inference import predict_logits
+
+    x = np.transpose(fixture["input_1"], (0, 2, 3, 1))
+    want = np.transpose(fixture["pred_1_s05_10_20"], (0, 2, 3, 1))
+    scores = np.asarray(predict_logits(converted, x, num_classes=5, scales=(2.0, 0.5, 1.0)))
+    assert np.max(np.abs(np.log(scores) - want)) / np.max(np.abs(want)) < TOL
+    flipped = np.asarray(predict_logits(converted, x, num_classes=5, scales=(0.5, 1.0), flip=True, merge="softmax"))
+    a = np.asarray(mscale_predict(converted, x, (0.5, 1.0)))
+    b = np.asarray(mscale_predict(converted, x[:, :, ::-1], (0.5, 1.0)))[:, :, ::-1]
+    avg = 0.5 * (a + b)
+    expected = np.exp(avg - avg.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    # Logits reach ~90 here: float32 noise of 1e-6 relative moves probabilities by ~1e-5.
+    np.testing.assert_allclose(flipped, expected, atol=1e-4)
+    assert np.mean(flipped.argmax(-1) == expected.argmax(-1)) > 0.999
+    with pytest.raises(ValueError, match="1.0"):
+        predict_logits(converted, x, num_classes=5, scales=(0.5, 0.75))
