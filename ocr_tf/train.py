@@ -176,7 +176,15 @@ def make_datasets(cfg, info, strategy):
 # ------------------------------------------------------------------------------------- model
 
 
-def build_trainer(cfg, strategy):
+# XLA policy: Keras' own "auto" -- XLA on GPUs/TPUs (one replica), not on CPU-only machines, where
+# XLA measured 1.4-1.7x slower than TF's kernels on the AVX2 box (BENCHMARKS.md, issue 13). The loss
+# (OHEM by masked sums) and the mIoU metric (unsorted_segment_sum) compile under XLA
+# (tests/test_train_xla.py: the XLA step equals the eager one).
+JIT_COMPILE = "auto"
+
+
+def build_trainer(cfg, strategy, jit_compile=JIT_COMPILE):
+    """(network, compiled SegmentationTrainer) under `strategy`; `jit_compile` as Keras' compile."""
     import keras
 
     from ocr_tf.distribute import sync_batch_norm
@@ -205,7 +213,7 @@ def build_trainer(cfg, strategy):
         )
         trainer.compile(
             optimizer=build_optimizer(cfg.train), steps_per_execution=cfg.train.steps_per_execution,
-            jit_compile=False,
+            jit_compile=jit_compile,
         )
         h, w = cfg.data.crop_size
         trainer(keras.ops.zeros((1, h, w, 3)))  # create the variables (needed to restore a backup)
