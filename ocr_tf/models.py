@@ -17,7 +17,12 @@ Names are `<backbone>_<head>`:
                     accept it counted twice). On ResNet `aux_logits` come from an FCN head on stage 3.
                     On MobileNetV2 the conv is 1x1 to `mid_channels` (256), the same stem the
                     OCR model shares, so the two phone models differ by the OCR module alone.
-             any key of `ocr_tf.layers.context.CONTEXT_HEADS` (ppm, aspp, ...), when that module exists.
+             any key of `ocr_tf.layers.context.CONTEXT_HEADS` (ppm, aspp, ...): the heads the paper
+                    compares with.
+Whole models that are not a backbone x head pair: `hrnet_w48_mscale_ocr`, `hrnet_tiny_mscale_ocr`
+(NVIDIA's hierarchical multi-scale attention, ocr_tf/layers/mscale.py).
+The registry is timm's shape: `@register_backbone(family)`, `@register_head(name, options)` and
+`@register_model` below, one decorated function per variant; `list_models()` reads it.
 A `keras.Model` may be given instead of a name, with `features=` (and `aux_features=`) layer names.
 """
 
@@ -27,19 +32,92 @@ import keras
 
 from ocr_tf.backbones import hrnet_backbone, load_backbone_weights, mobilenet_backbone, resnet_backbone
 from ocr_tf.layers.common import ConvBN, head_output_shapes
+from ocr_tf.layers.context import CONTEXT_HEADS
 from ocr_tf.layers.ocr import OCRHead
 
-# backbone name -> (family, fixed builder arguments)
-BACKBONES = {
-    "hrnet_w48": ("hrnet", {"extra": "w48"}),
-    "hrnet_w32": ("hrnet", {"extra": "w32"}),
-    "hrnet_w18": ("hrnet", {"extra": "w18"}),
-    "hrnet_w18s": ("hrnet", {"extra": "w18s"}),
-    "hrnet_tiny": ("hrnet", {"extra": "tiny"}),  # the demo's CPU-sized HRNet (not an official one)
-    "resnet101": ("resnet", {"depth": 101}),
-    "resnet50": ("resnet", {"depth": 50}),
-    "mobilenetv2": ("mobilenet", {}),
-}
+# ------------------------------------------------------------------------------ the registry
+# timm's shape: one decorated function per backbone variant (its fixed builder arguments, in one
+# place), one per head (how it is built on each backbone family, and the overrides it takes), and
+# one per whole model that is not a backbone x head pair. `list_models()` is read from it.
+
+BACKBONES = {}  # name -> (family, fixed builder arguments)
+HEADS = {}  # name -> (build(family, num_classes, opts) -> head layer named "head", overrides it takes)
+MODELS = {}  # name -> build(num_classes, input_shape, **overrides) -> keras.Model
+
+
+def register_backbone(family):
+    """Decorator: the function's name is the variant's, its return value the fixed arguments of
+    the family's builder (`hrnet_backbone`, `resnet_backbone`, `mobilenet_backbone`)."""
+
+    def register(fn):
+        BACKBONES[fn.__name__] = (family, dict(fn()))
+        return fn
+
+    return register
+
+
+def register_head(name, options=()):
+    """Decorator: `fn(family, num_classes, opts)` builds the head layer (named "head");
+    `options`: the overrides it takes besides the common ones."""
+
+    def register(fn):
+        HEADS[name] = (fn, tuple(options))
+        return fn
+
+    return register
+
+
+def register_model(fn):
+    """Decorator: a whole model by its function's name, `fn(num_classes, input_shape, **overrides)`."""
+    MODELS[fn.__name__] = fn
+    return fn
+
+
+@register_backbone("hrnet")
+def hrnet_w48():
+    """HRNetV2-W48 ([HR]): the official HRNet-OCR backbone."""
+    return {"extra": "w48"}
+
+
+@register_backbone("hrnet")
+def hrnet_w32():
+    return {"extra": "w32"}
+
+
+@register_backbone("hrnet")
+def hrnet_w18():
+    return {"extra": "w18"}
+
+
+@register_backbone("hrnet")
+def hrnet_w18s():
+    """HRNetV2-W18-small-v2."""
+    return {"extra": "w18s"}
+
+
+@register_backbone("hrnet")
+def hrnet_tiny():
+    """The demo's CPU-sized HRNet (not an official one)."""
+    return {"extra": "tiny"}
+
+
+@register_backbone("resnet")
+def resnet101():
+    """Dilated ResNet-101 ([OS]'s "simple baseline")."""
+    return {"depth": 101}
+
+
+@register_backbone("resnet")
+def resnet50():
+    return {"depth": 50}
+
+
+@register_backbone("mobilenet")
+def mobilenetv2():
+    """MobileNetV2 (the paper's Table 8 phone model)."""
+    return {}
+
+
 # Overrides each backbone family accepts, besides the common ones.
 FAMILY_OPTIONS = {
     "hrnet": ("extra",),
@@ -47,7 +125,6 @@ FAMILY_OPTIONS = {
     "mobilenet": ("output_stride", "alpha"),
 }
 COMMON_OPTIONS = ("synchronized", "align_corners", "weights", "dropout")
-HEAD_OPTIONS = {"ocr": ("mid_channels", "key_channels"), "fcn": ("mid_channels",)}
 # Head widths per family (OCR: [HR]/[OS] use 512/256; the phone model is narrower).
 HEAD_DEFAULTS = {
     "hrnet": {"mid_channels": 512, "key_channels": 256},
@@ -56,27 +133,16 @@ HEAD_DEFAULTS = {
 }
 
 
-def _context_heads():
-    """The comparison heads of `ocr_tf.layers.context`, or {} while that module is absent."""
-    try:
-        from ocr_tf.layers.context import CONTEXT_HEADS
-    except ImportError:
-        return {}
-    return dict(CONTEXT_HEADS)
-
-
 def list_models():
-    """Every registered model name."""
-    heads = ["ocr", "fcn", *sorted(_context_heads())]
-    return [f"{b}_{h}" for b in BACKBONES for h in heads] + sorted(MSCALE_MODELS)
+    """Every registered model name: each backbone with each head, then the whole models."""
+    return [f"{b}_{h}" for b in BACKBONES for h in HEADS] + sorted(MODELS)
 
 
 def _split_name(name):
     for backbone in sorted(BACKBONES, key=len, reverse=True):
-        if name.startswith(backbone + "_"):
-            head = name[len(backbone) + 1 :]
-            if head in ("ocr", "fcn") or head in _context_heads():
-                return backbone, head
+        head = name[len(backbone) + 1 :]
+        if name.startswith(backbone + "_") and head in HEADS:
+            return backbone, head
     raise ValueError(f"Unknown model {name!r}; known: {', '.join(list_models())}.")
 
 
@@ -190,43 +256,50 @@ def _head_kwargs_accepted(cls):
     return accepted - {"self", "num_classes"}
 
 
-def _make_head(head, family, num_classes, opts):
-    """Build the head layer (named "head") from the validated options."""
-    sync = opts.get("synchronized", False)
-    align = opts.get("align_corners", True)
-    dropout = opts.get("dropout", 0.05)
+@register_head("ocr", options=("mid_channels", "key_channels"))
+def ocr_head(family, num_classes, opts):
+    """`OCRHead`: [HR]'s on HRNet, [OS]'s (soft regions from stage 3) on ResNet, and on MobileNetV2
+    the phone model (the FCN baseline's stem gives the soft regions)."""
     widths = {**HEAD_DEFAULTS[family], **{k: opts[k] for k in ("mid_channels", "key_channels") if k in opts}}
-    if head == "ocr":
-        style = "openseg" if family == "resnet" else "hrnet"
-        aux_channels = 512 if family == "resnet" else None
-        return OCRHead(
-            num_classes,
-            mid_channels=widths["mid_channels"],
-            key_channels=widths["key_channels"],
-            style=style,
-            aux_channels=aux_channels,
-            dropout=dropout,
-            align_corners=align,
-            synchronized=sync,
-            shared_stem=family == "mobilenet",
-            name="head",
-        )
-    if head == "fcn":
-        if family == "resnet":
-            return FCNHead(num_classes, opts.get("mid_channels", 512), 3, dropout=dropout, synchronized=sync, name="head")
-        channels = widths["mid_channels"] if family == "mobilenet" else opts.get("mid_channels")
-        return FCNHead(num_classes, channels, 1, dropout=opts.get("dropout", 0.0), synchronized=sync, name="head")
-    cls = _context_heads()[head]
+    return OCRHead(
+        num_classes,
+        mid_channels=widths["mid_channels"],
+        key_channels=widths["key_channels"],
+        style="openseg" if family == "resnet" else "hrnet",
+        aux_channels=512 if family == "resnet" else None,
+        dropout=opts.get("dropout", 0.05),
+        align_corners=opts.get("align_corners", True),
+        synchronized=opts.get("synchronized", False),
+        shared_stem=family == "mobilenet",
+        name="head",
+    )
+
+
+@register_head("fcn", options=("mid_channels",))
+def fcn_head(family, num_classes, opts):
+    """`FCNHead`, the baseline: [HR]'s seg_hrnet `last_layer` on HRNet, a 3x3 head (+ stage-3 aux)
+    on ResNet, the phone model's 256-wide 1x1 stem on MobileNetV2."""
+    sync = opts.get("synchronized", False)
+    if family == "resnet":
+        return FCNHead(num_classes, opts.get("mid_channels", 512), 3, dropout=opts.get("dropout", 0.05),
+                       synchronized=sync, name="head")
+    channels = opts.get("mid_channels", HEAD_DEFAULTS[family]["mid_channels"]) if family == "mobilenet" else opts.get("mid_channels")
+    return FCNHead(num_classes, channels, 1, dropout=opts.get("dropout", 0.0), synchronized=sync, name="head")
+
+
+def _register_context_head(name, cls):
+    """The heads the paper compares with (`ocr_tf.layers.context.CONTEXT_HEADS`): each takes the
+    overrides its constructor accepts."""
     accepted = _head_kwargs_accepted(cls)
-    kwargs = {k: v for k, v in opts.items() if k in accepted}
-    return cls(num_classes, name="head", **kwargs)
+
+    def build(family, num_classes, opts):
+        return cls(num_classes, name="head", **{k: v for k, v in opts.items() if k in accepted})
+
+    register_head(name, options=tuple(k for k in ("mid_channels", "key_channels") if k in accepted))(build)
 
 
-def _head_options(head):
-    if head in HEAD_OPTIONS:
-        return HEAD_OPTIONS[head]
-    accepted = _head_kwargs_accepted(_context_heads()[head])
-    return tuple(k for k in ("mid_channels", "key_channels") if k in accepted)
+for _name, _cls in sorted(CONTEXT_HEADS.items()):
+    _register_context_head(_name, _cls)
 
 
 def _assemble(inputs, feats, aux, head_layer, name):
@@ -251,11 +324,12 @@ def build_model(name, num_classes, input_shape=(None, None, 3), **overrides):
         return build_segmenter(name, num_classes, **overrides)
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
-    if name in MSCALE_MODELS:
-        return _build_mscale(name, num_classes, input_shape, overrides)
+    if name in MODELS:
+        return MODELS[name](num_classes, input_shape, **overrides)
     backbone, head = _split_name(name)
     family = BACKBONES[backbone][0]
-    allowed = COMMON_OPTIONS + FAMILY_OPTIONS[family] + _head_options(head)
+    build_head, head_options = HEADS[head]
+    allowed = COMMON_OPTIONS + FAMILY_OPTIONS[family] + head_options
     _check_overrides(name, overrides, allowed)
     backbone_opts = {k: v for k, v in overrides.items() if k in COMMON_OPTIONS + FAMILY_OPTIONS[family] and k != "dropout"}
 
@@ -263,7 +337,7 @@ def build_model(name, num_classes, input_shape=(None, None, 3), **overrides):
     net = build_backbone(backbone, input_shape, **backbone_opts)
     outs = net(inputs)
     feats, aux = (outs[1], outs[0]) if family == "resnet" else (outs, None)
-    head_layer = _make_head(head, family, num_classes, overrides)
+    head_layer = build_head(family, num_classes, overrides)
     return _assemble(inputs, feats, aux, head_layer, name)
 
 
@@ -282,8 +356,8 @@ def build_segmenter(
     object regions come from `aux_features` when given). `head`: "ocr" (`OCRHead(style=style)`),
     "fcn", or a context head name; `head_kwargs` go to the head's constructor.
     """
-    if head not in ("ocr", "fcn") and head not in _context_heads():
-        raise ValueError(f"Unknown head {head!r}; known: ocr, fcn, {', '.join(sorted(_context_heads()))}.")
+    if head not in HEADS:
+        raise ValueError(f"Unknown head {head!r}; known: {', '.join(HEADS)}.")
     names = [features] + ([aux_features] if aux_features else [])
     layer_names = {layer.name for layer in backbone.layers}
     missing = [n for n in names if n not in layer_names]
@@ -300,27 +374,38 @@ def build_segmenter(
     elif head == "fcn":
         layer = FCNHead(num_classes, name="head", **head_kwargs)
     else:
-        layer = _context_heads()[head](num_classes, name="head", **head_kwargs)
+        layer = CONTEXT_HEADS[head](num_classes, name="head", **head_kwargs)
     return _assemble(inputs, feats, aux, layer, f"{backbone.name}_{head}")
 
 
-# --- Hierarchical multi-scale attention (NVIDIA HRNet_Mscale, issue 15) ---------------------------
-# The network and its builder live in ocr_tf/layers/mscale.py; outputs {"logits", "aux_logits",
-# "attention"} at stride 4, align_corners=False throughout. name -> (HRNet config, head widths).
-MSCALE_MODELS = {
-    "hrnet_w48_mscale_ocr": ("w48", {"mid_channels": 512, "key_channels": 256, "attn_channels": 256}),
-    # The demo's CPU-sized HRNet with narrow heads, for tests and the demo (not an NVIDIA model).
-    "hrnet_tiny_mscale_ocr": ("tiny", {"mid_channels": 64, "key_channels": 32, "attn_channels": 32}),
-}
+# ------------------------------------------------------------------------------ whole models
+# Hierarchical multi-scale attention (NVIDIA HRNet_Mscale, issue 15). The network and its builder
+# live in ocr_tf/layers/mscale.py; outputs {"logits", "aux_logits", "attention"} at stride 4,
+# align_corners=False throughout.
 MSCALE_OPTIONS = ("extra", "mid_channels", "key_channels", "attn_channels", "dropout", "synchronized",
                   "align_corners", "weights")
 
 
-def _build_mscale(name, num_classes, input_shape, overrides):
+def _mscale(name, num_classes, input_shape, overrides, extra, **widths):
     from ocr_tf.layers.mscale import build_mscale_ocr
 
     _check_overrides(name, overrides, MSCALE_OPTIONS)
-    extra, widths = MSCALE_MODELS[name]
     kwargs = {"extra": extra, **widths, **overrides}
     return build_mscale_ocr(num_classes, input_shape=input_shape, name=name, **kwargs)
-# --- end of multi-scale attention block -----------------------------------------------------------
+
+
+@register_model
+def hrnet_w48_mscale_ocr(num_classes, input_shape=(None, None, 3), **overrides):
+    """NVIDIA's HRNet-W48 + OCR + hierarchical multi-scale attention."""
+    return _mscale("hrnet_w48_mscale_ocr", num_classes, input_shape, overrides, "w48",
+                   mid_channels=512, key_channels=256, attn_channels=256)
+
+
+@register_model
+def hrnet_tiny_mscale_ocr(num_classes, input_shape=(None, None, 3), **overrides):
+    """The demo's CPU-sized HRNet with narrow heads, for tests and the demo (not an NVIDIA model)."""
+    return _mscale("hrnet_tiny_mscale_ocr", num_classes, input_shape, overrides, "tiny",
+                   mid_channels=64, key_channels=32, attn_channels=32)
+
+
+MSCALE_MODELS = ("hrnet_w48_mscale_ocr", "hrnet_tiny_mscale_ocr")
