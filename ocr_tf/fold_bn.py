@@ -56,6 +56,12 @@ def folded_kernel_and_bias(conv_bn):
     return (kernel * s).astype(np.float32), ((bias - mean) * s + beta).astype(np.float32)
 
 
+def is_foldable(model):
+    """Whether `fold_batch_norm` takes `model`: a functional (or Sequential) Keras model, which
+    rebuilds from its config."""
+    return isinstance(model, keras.Model) and type(model).__name__ in ("Functional", "Sequential")
+
+
 def fold_batch_norm(model):
     """A copy of the functional `model` with each `ConvBN`'s BatchNorm folded into its conv.
 
@@ -66,7 +72,7 @@ def fold_batch_norm(model):
         A new `keras.Model` with the same inputs and outputs, equal to `model(x, training=False)`
         up to float32 rounding.
     """
-    if not isinstance(model, keras.Model) or not hasattr(model, "get_config"):
+    if not is_foldable(model):
         raise TypeError(f"fold_batch_norm needs a functional keras.Model, got {type(model).__name__}.")
     common.BUILDING_FOLDED[0] = True
     try:
