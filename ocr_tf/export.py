@@ -180,8 +180,13 @@ def export_saved_model(
     with_probabilities=False,
     align_corners=None,
     class_names=None,
+    fold_bn=True,
 ):
     """Write `model` as a TF Serving SavedModel to `<export_dir>/<version>/` and return that path.
+
+    `fold_bn` (default): the SavedModel serves `ocr_tf.fold_bn.fold_batch_norm(model)`, each
+    conv-BatchNorm pair one conv (equal outputs to 1e-5; BENCHMARKS.md, issue 13); models that
+    are not functional Keras models are exported as they are.
 
     `version` defaults to one more than the largest numeric version already there (1 if none).
     The model is written to a hidden temporary directory beside the version directory and renamed
@@ -201,6 +206,10 @@ def export_saved_model(
     if os.path.exists(final):
         raise UserError(f"{final} already exists; TF Serving versions are immutable: pick another --version or omit it for the next one.")
 
+    from ocr_tf.fold_bn import fold_batch_norm, is_foldable
+
+    if fold_bn and is_foldable(model):
+        model = fold_batch_norm(model)
     infer = make_inference_fn(model, align_corners=align_corners, with_probabilities=with_probabilities)
     archive = keras.export.ExportArchive()
     archive.track(model)

@@ -51,6 +51,33 @@ def test_registry_names():
         build_model("hrnet_w64_ocr", 19)
 
 
+def test_registry_decorators_add_a_backbone_variant_and_a_head(tiny):
+    """A new variant is one decorated function; it combines with every head at once."""
+    from ocr_tf import models
+
+    @models.register_backbone("hrnet")
+    def hrnet_fixture():
+        return {"extra": tiny["extra"]}
+
+    @models.register_head("fcn_wide", options=("mid_channels",))
+    def fcn_wide(family, num_classes, opts):
+        return FCNHead(num_classes, opts.get("mid_channels", 12), 1, name="head")
+
+    try:
+        names = list_models()
+        assert {"hrnet_fixture_ocr", "hrnet_fixture_fcn", "hrnet_fixture_fcn_wide", "hrnet_w48_fcn_wide"} <= set(names)
+        ocr = build_model("hrnet_fixture_ocr", 5, mid_channels=tiny["mid_channels"], key_channels=tiny["key_channels"])
+        ref = build_model("hrnet_w18_ocr", 5, **tiny)  # the same widths through another variant's override
+        assert count(ocr.trainable_weights) == count(ref.trainable_weights)
+        wide = build_model("hrnet_fixture_fcn_wide", 5)
+        assert wide.get_layer("head").channels == 12
+        with pytest.raises(ValueError, match=r"\['key_channels'\] for model 'hrnet_fixture_fcn_wide'"):
+            build_model("hrnet_fixture_fcn_wide", 5, key_channels=4)
+    finally:
+        del models.BACKBONES["hrnet_fixture"], models.HEADS["fcn_wide"]
+    assert "hrnet_fixture_ocr" not in list_models()
+
+
 def test_unknown_overrides_name_the_key_and_the_allowed_ones(tiny):
     with pytest.raises(ValueError, match=r"\['alpha'\] for model 'hrnet_w18_ocr'; allowed: .*'extra'"):
         build_model("hrnet_w18_ocr", 5, alpha=0.5, **tiny)

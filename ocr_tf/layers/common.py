@@ -14,6 +14,11 @@ BN_EPSILON = 1e-5  # PyTorch's default, used by every official checkpoint.
 BN_MOMENTUM = 0.9  # Keras convention; equals PyTorch momentum 0.1.
 
 
+# True while `ocr_tf.fold_bn.fold_batch_norm` rebuilds a network: every ConvBN then has no
+# BatchNorm and a conv bias (the folded inference form), also those that layers create inside.
+BUILDING_FOLDED = [False]
+
+
 def torch_padding(kernel_size, dilation_rate=1):
     """Padding PyTorch uses on each side for a 'same'-style conv: dilation * (k - 1) // 2."""
     return dilation_rate * (kernel_size - 1) // 2
@@ -27,6 +32,8 @@ class ConvBN(keras.layers.Layer):
     'same' pads asymmetrically for stride 2 on even sizes and would break checkpoint parity.
     `synchronized=True` makes BatchNorm reduce its statistics over all replicas.
     Sub-layers are `conv`, `bn` (and `act`), which the checkpoint converter addresses.
+    `batch_norm=False`: no `bn`, a conv with bias (the BatchNorm-folded inference form that
+    `ocr_tf.fold_bn.fold_batch_norm` builds).
     """
 
     def __init__(
@@ -41,9 +48,13 @@ class ConvBN(keras.layers.Layer):
         bn_epsilon=BN_EPSILON,
         bn_momentum=BN_MOMENTUM,
         kernel_initializer="he_normal",
+        batch_norm=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.batch_norm = bool(batch_norm) and not BUILDING_FOLDED[0]
+        if not self.batch_norm:
+            use_bias = True  # the folded BatchNorm's shift
         if filters < 1:
             raise ValueError(f"ConvBN filters must be >= 1, got {filters}.")
         self.filters = int(filters)
@@ -69,12 +80,14 @@ class ConvBN(keras.layers.Layer):
             kernel_initializer=self.kernel_initializer,
             name="conv",
         )
-        self.bn = keras.layers.BatchNormalization(
-            epsilon=self.bn_epsilon,
-            momentum=self.bn_momentum,
-            synchronized=self.synchronized,
-            name="bn",
-        )
+        self.bn = None
+        if self.batch_norm:
+            self.bn = keras.layers.BatchNormalization(
+                epsilon=self.bn_epsilon,
+                momentum=self.bn_momentum,
+                synchronized=self.synchronized,
+                name="bn",
+            )
         self.act = keras.layers.Activation(activation, name="act") if activation else None
 
     def build(self, input_shape):
@@ -84,14 +97,16 @@ class ConvBN(keras.layers.Layer):
             shape = self.pad.compute_output_shape(shape)
         self.conv.build(shape)
         shape = self.conv.compute_output_shape(shape)
-        self.bn.build(shape)
+        if self.bn is not None:
+            self.bn.build(shape)
         self.built = True
 
     def call(self, x, training=None):
         if self.pad is not None:
             x = self.pad(x)
         x = self.conv(x)
-        x = self.bn(x, training=training)
+        if self.bn is not None:
+            x = self.bn(x, training=training)
         if self.act is not None:
             x = self.act(x)
         return x
@@ -115,6 +130,7 @@ class ConvBN(keras.layers.Layer):
             bn_epsilon=self.bn_epsilon,
             bn_momentum=self.bn_momentum,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            batch_norm=self.batch_norm,
         )
         return config
 
