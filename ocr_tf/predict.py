@@ -122,8 +122,18 @@ class KerasPredictor:
     def aux_logits(self, image):
         return self.run(normalize_image(image[None]))["aux_logits"][0].numpy()
 
+    def attention(self, image):
+        """{scale: attention (h_s, w_s)} of a multi-scale network at the --scales (all but the
+        top scale, whose attention the merge does not use)."""
+        from ocr_tf.layers.mscale import check_scales, mscale_predict
 
-def predict_files(predictor, files, info, output, *, alpha=0.5, regions=False, max_regions=12, progress=True):
+        scales = check_scales(self.options.get("scales", (1.0,)))
+        _, maps = mscale_predict(self.model, normalize_image(image[None]), scales, return_attention=True)
+        return {s: np.asarray(a)[0, ..., 0] for s, a in maps.items() if s != scales[0]}
+
+
+def predict_files(predictor, files, info, output, *, alpha=0.5, regions=False, max_regions=12, progress=True,
+                  attention=False):
     """Write labels/color/overlay (and regions) PNGs for each image; returns (written, skipped)
     where skipped lists (path, reason) of files that are not images."""
     written, skipped = [], []
@@ -149,6 +159,10 @@ def predict_files(predictor, files, info, output, *, alpha=0.5, regions=False, m
             classes = [int(c) for c in np.argsort(-present, kind="stable") if present[c] > 0][:max_regions]
             grid = region_grid(predictor.aux_logits(image), info.class_names, image=image, classes=classes)
             save_png(grid, os.path.join(output, "regions", f"{stem}.png"))
+        if attention:  # multi-scale attention networks (issue 15)
+            from ocr_tf.visualize_mscale import attention_strip
+
+            save_png(attention_strip(image, predictor.attention(image)), os.path.join(output, "attention", f"{stem}.png"))
         written.append(path)
     return written, skipped
 
@@ -167,6 +181,8 @@ def build_parser():
     parser.add_argument("--output", default="predictions", help="output folder (default ./predictions)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask (default 0.5)")
     parser.add_argument("--regions", action="store_true", help="also draw the soft object regions (Keras models only)")
+    parser.add_argument("--attention", action="store_true",
+                        help="*_mscale_ocr models: also draw each scale's attention (needs --scales with 1.0 and another)")
     parser.add_argument("--max-regions", type=int, default=12, help="at most this many region maps per image (default 12)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_inference_arguments(parser)
@@ -189,8 +205,8 @@ def main(argv=None):
         parser.error(str(e))
     if os.path.isdir(args.weights):
         custom = args.mode != "whole" or args.scales != (1.0,) or args.flip
-        if custom or args.regions:
-            parser.error("a SavedModel runs as exported: --mode/--scales/--flip/--regions need a Keras model.")
+        if custom or args.regions or args.attention:
+            parser.error("a SavedModel runs as exported: --mode/--scales/--flip/--regions/--attention need a Keras model.")
         predictor = SavedModelPredictor(args.weights)
     else:
         from ocr_tf.export import _parse_overrides, load_model
@@ -198,12 +214,15 @@ def main(argv=None):
         model = load_model(args.weights, args.model, info.num_classes, _parse_overrides(args.model_arg))
         if args.regions and not (isinstance(model.output, dict) and "aux_logits" in model.output):
             parser.error("--regions needs a model with an 'aux_logits' output.")
+        if args.attention and (not is_mscale(model) or len(set(args.scales)) < 2 or 1.0 not in args.scales):
+            parser.error("--attention needs a multi-scale attention model (*_mscale_ocr) and --scales with 1.0 and another scale.")
         predictor = KerasPredictor(model, info.num_classes, inference_options(args, info))
     written, skipped = predict_files(
         predictor, files, info, args.output, alpha=args.alpha, regions=args.regions,
-        max_regions=args.max_regions, progress=not args.quiet,
+        max_regions=args.max_regions, progress=not args.quiet, attention=args.attention,
     )
-    print(f"wrote {len(written)} predictions to {args.output}/ (labels, color, overlay{', regions' if args.regions else ''})")
+    extras = "".join(f", {k}" for k, on in (("regions", args.regions), ("attention", args.attention)) if on)
+    print(f"wrote {len(written)} predictions to {args.output}/ (labels, color, overlay{extras})")
     if skipped:
         print(f"skipped {len(skipped)} files that are not images: " + ", ".join(p for p, _ in skipped))
     return 0 if written else 1
