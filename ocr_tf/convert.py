@@ -154,6 +154,26 @@ def backbone_variables(backbone):
     return entries
 
 
+def ocr_module_entries(head, prefix=""):
+    """{name: variable} of an [HR]-style OCRHead's OCR module and classifier, named as [HR]
+    (`ocr_distri_head.*`, `cls_head`) after `prefix` (NVIDIA nests them under `ocr.`)."""
+    att = head.ocr.attention
+    block = f"{prefix}ocr_distri_head.object_context_block"
+    entries = {}
+    for layer, conv, bn in (
+        (att.f_pixel[0], f"{block}.f_pixel.0", f"{block}.f_pixel.1.0"),
+        (att.f_pixel[1], f"{block}.f_pixel.2", f"{block}.f_pixel.3.0"),
+        (att.f_object[0], f"{block}.f_object.0", f"{block}.f_object.1.0"),
+        (att.f_object[1], f"{block}.f_object.2", f"{block}.f_object.3.0"),
+        (att.f_down, f"{block}.f_down.0", f"{block}.f_down.1.0"),
+        (att.f_up, f"{block}.f_up.0", f"{block}.f_up.1.0"),
+        (head.ocr.fuse, f"{prefix}ocr_distri_head.conv_bn_dropout.0", f"{prefix}ocr_distri_head.conv_bn_dropout.1.0"),
+    ):
+        entries.update(_conv_bn_entries(layer, conv, bn))
+    entries.update(_conv_entries(head.cls_head, f"{prefix}cls_head"))
+    return entries
+
+
 def official_variables(model):
     """{official state_dict name: keras variable} for an HRNet model built by `build_model`."""
     from ocr_tf.layers.ocr import OCRHead
@@ -162,22 +182,10 @@ def official_variables(model):
     entries = backbone_variables(model.get_layer("backbone"))
     head = model.get_layer("head")
     if isinstance(head, OCRHead) and head.style == "hrnet":
-        att = head.ocr.attention
-        block = "ocr_distri_head.object_context_block"
-        for layer, conv, bn in (
-            (head.aux_head, "aux_head.0", "aux_head.1"),
-            (head.conv3x3_ocr, "conv3x3_ocr.0", "conv3x3_ocr.1"),
-            (att.f_pixel[0], f"{block}.f_pixel.0", f"{block}.f_pixel.1.0"),
-            (att.f_pixel[1], f"{block}.f_pixel.2", f"{block}.f_pixel.3.0"),
-            (att.f_object[0], f"{block}.f_object.0", f"{block}.f_object.1.0"),
-            (att.f_object[1], f"{block}.f_object.2", f"{block}.f_object.3.0"),
-            (att.f_down, f"{block}.f_down.0", f"{block}.f_down.1.0"),
-            (att.f_up, f"{block}.f_up.0", f"{block}.f_up.1.0"),
-            (head.ocr.fuse, "ocr_distri_head.conv_bn_dropout.0", "ocr_distri_head.conv_bn_dropout.1.0"),
-        ):
-            entries.update(_conv_bn_entries(layer, conv, bn))
+        entries.update(_conv_bn_entries(head.aux_head, "aux_head.0", "aux_head.1"))
+        entries.update(_conv_bn_entries(head.conv3x3_ocr, "conv3x3_ocr.0", "conv3x3_ocr.1"))
         entries.update(_conv_entries(head.aux_cls, "aux_head.3"))
-        entries.update(_conv_entries(head.cls_head, "cls_head"))
+        entries.update(ocr_module_entries(head))
     elif isinstance(head, FCNHead) and head.aux_conv_bn is None:
         entries.update(_conv_bn_entries(head.conv_bn, "last_layer.0", "last_layer.1"))
         entries.update(_conv_entries(head.cls, "last_layer.3"))

@@ -15,7 +15,7 @@ mismatched keys silently).
 
 import numpy as np
 
-from ocr_tf.convert import _conv_bn_entries, _conv_entries, assign_strict, backbone_variables
+from ocr_tf.convert import _conv_bn_entries, _conv_entries, assign_strict, backbone_variables, ocr_module_entries
 
 # Relative error allowed by the fixture / NVIDIA-code comparisons (max |a - b| / max |b|).
 VERIFY_TOLERANCE = 1e-4
@@ -29,24 +29,15 @@ def nvidia_variables(model):
     if not isinstance(head, MscaleOCRHead):
         raise ValueError(f"NVIDIA multi-scale checkpoints need an *_mscale_ocr model, not {model.name!r}.")
     entries = {f"backbone.{k}": v for k, v in backbone_variables(model.get_layer("backbone")).items()}
-    att = head.ocr.attention
-    block = "ocr.ocr_distri_head.object_context_block"
     for layer, conv, bn in (
         (head.aux_head, "ocr.aux_head.0", "ocr.aux_head.1.0"),
         (head.conv3x3_ocr, "ocr.conv3x3_ocr.0", "ocr.conv3x3_ocr.1.0"),
-        (att.f_pixel[0], f"{block}.f_pixel.0", f"{block}.f_pixel.1.0"),
-        (att.f_pixel[1], f"{block}.f_pixel.2", f"{block}.f_pixel.3.0"),
-        (att.f_object[0], f"{block}.f_object.0", f"{block}.f_object.1.0"),
-        (att.f_object[1], f"{block}.f_object.2", f"{block}.f_object.3.0"),
-        (att.f_down, f"{block}.f_down.0", f"{block}.f_down.1.0"),
-        (att.f_up, f"{block}.f_up.0", f"{block}.f_up.1.0"),
-        (head.ocr.fuse, "ocr.ocr_distri_head.conv_bn_dropout.0", "ocr.ocr_distri_head.conv_bn_dropout.1.0"),
         (head.scale_attn.conv0, "scale_attn.conv0", "scale_attn.bn0"),
         (head.scale_attn.conv1, "scale_attn.conv1", "scale_attn.bn1"),
     ):
         entries.update(_conv_bn_entries(layer, conv, bn))
     entries.update(_conv_entries(head.aux_cls, "ocr.aux_head.2"))
-    entries.update(_conv_entries(head.cls_head, "ocr.cls_head"))
+    entries.update(ocr_module_entries(head, prefix="ocr."))  # the [HR] names under `ocr.`
     entries["scale_attn.conv2.weight"] = head.scale_attn.conv2.kernel  # no bias
     return entries
 

@@ -140,8 +140,19 @@ class SegmenterPredictor:
         seg = self.segmenter
         return seg._runner()(seg.normalize(image[None]))["aux_logits"][0].numpy()
 
+    def attention(self, image):
+        """{scale: attention (h_s, w_s)} of a multi-scale network at the --scales (all but the
+        top scale, whose attention the merge does not use)."""
+        from ocr_tf.layers.mscale import check_scales, mscale_predict
 
-def predict_files(predictor, files, info, output, *, alpha=0.5, regions=False, max_regions=12, progress=True):
+        scales = check_scales(self.options.get("scales", (1.0,)))
+        seg = self.segmenter
+        _, maps = mscale_predict(seg.network, seg.normalize(image[None]), scales, return_attention=True)
+        return {s: np.asarray(a)[0, ..., 0] for s, a in maps.items() if s != scales[0]}
+
+
+def predict_files(predictor, files, info, output, *, alpha=0.5, regions=False, max_regions=12, progress=True,
+                  attention=False):
     """Write labels/color/overlay (and regions) PNGs for each image; returns (written, skipped)
     where skipped lists (path, reason) of files that are not images."""
     written, skipped = [], []
@@ -167,5 +178,9 @@ def predict_files(predictor, files, info, output, *, alpha=0.5, regions=False, m
             classes = [int(c) for c in np.argsort(-present, kind="stable") if present[c] > 0][:max_regions]
             grid = region_grid(predictor.aux_logits(image), info.class_names, image=image, classes=classes)
             save_png(grid, os.path.join(output, "regions", f"{stem}.png"))
+        if attention:  # multi-scale attention networks (issue 15)
+            from ocr_tf.visualize_mscale import attention_strip
+
+            save_png(attention_strip(image, predictor.attention(image)), os.path.join(output, "attention", f"{stem}.png"))
         written.append(path)
     return written, skipped

@@ -235,3 +235,22 @@ def test_predict_logits_uses_the_hierarchical_merge(converted, fixture):
     assert np.mean(flipped.argmax(-1) == expected.argmax(-1)) > 0.999
     with pytest.raises(ValueError, match="1.0"):
         predict_logits(converted, x, num_classes=5, scales=(0.5, 0.75))
+
+
+@pytest.mark.slow  # writes and reloads a SavedModel (~30-90 s on 2 shared cores)
+def test_saved_model_with_fixed_scales_serves_the_merge(converted, tmp_path):
+    import tensorflow as tf
+
+    from ocr_tf.export import export_saved_model
+    from ocr_tf.layers.mscale import FixedScalesNetwork
+    from ocr_tf.preprocessing import normalize_image
+
+    path = export_saved_model(FixedScalesNetwork(converted, (1.0, 0.5)), str(tmp_path / "sm"), with_probabilities=True)
+    image = (np.random.default_rng(0).uniform(size=(1, 70, 90, 3)) * 255).astype(np.uint8)
+    served = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(image))
+    logits = np.asarray(mscale_predict(converted, normalize_image(image), (0.5, 1.0)))
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    assert served["probabilities"].shape == (1, 70, 90, 5)
+    np.testing.assert_allclose(served["probabilities"].numpy(), probs, atol=1e-4)  # logits ~90: see above
+    assert np.mean(served["labels"].numpy() == logits.argmax(-1)) > 0.999

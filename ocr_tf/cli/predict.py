@@ -20,6 +20,8 @@ def build_parser():
     parser.add_argument("--output", default="predictions", help="output folder (default ./predictions)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask (default 0.5)")
     parser.add_argument("--regions", action="store_true", help="also draw the soft object regions (Keras models only)")
+    parser.add_argument("--attention", action="store_true",
+                        help="*_mscale_ocr models: also draw each scale's attention (needs --scales with 1.0 and another)")
     parser.add_argument("--max-regions", type=int, default=12, help="at most this many region maps per image (default 12)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_inference_arguments(parser)
@@ -39,8 +41,9 @@ def main(args):
         n.isdigit() for n in os.listdir(weights)))
     if saved_model:
         custom = args.mode != "whole" or args.scales != (1.0,) or args.flip
-        if custom or args.regions:
-            fail("a SavedModel runs as exported: --mode/--scales/--flip/--regions need a .keras model or preset.")
+        if custom or args.regions or args.attention:
+            fail("a SavedModel runs as exported: --mode/--scales/--flip/--regions/--attention need a .keras model "
+                 "or preset.")
         if args.model or args.model_arg:
             fail("--model/--model-arg do not apply to a SavedModel.")
         predictor = SavedModelPredictor(weights)
@@ -59,12 +62,19 @@ def main(args):
         segmenter = load_segmenter_from_args(args)
         if args.regions and "aux_logits" not in segmenter.network.output:
             fail("--regions needs a model with an 'aux_logits' output.")
+        if args.attention:
+            from ocr_tf.layers.mscale import is_mscale
+
+            if not is_mscale(segmenter) or len(set(args.scales)) < 2 or 1.0 not in args.scales:
+                fail("--attention needs a multi-scale attention model (*_mscale_ocr) and --scales with 1.0 and "
+                     "another scale.")
         predictor = SegmenterPredictor(segmenter, options)
     written, skipped = predict_files(
         predictor, files, predictor.info, args.output, alpha=args.alpha, regions=args.regions,
-        max_regions=args.max_regions, progress=not args.quiet,
+        max_regions=args.max_regions, progress=not args.quiet, attention=args.attention,
     )
-    print(f"wrote {len(written)} predictions to {args.output}/ (labels, color, overlay{', regions' if args.regions else ''})")
+    extras = "".join(f", {k}" for k, on in (("regions", args.regions), ("attention", args.attention)) if on)
+    print(f"wrote {len(written)} predictions to {args.output}/ (labels, color, overlay{extras})")
     if skipped:
         print(f"skipped {len(skipped)} files that are not images: " + ", ".join(p for p, _ in skipped))
     return 0 if written else 1

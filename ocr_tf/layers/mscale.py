@@ -288,3 +288,38 @@ def two_scale_outputs(network, images, lo_scale=0.5, training=True):
     merged["logits_hi"] = hi["logits"]
     merged["attention"] = _resize(lo["attention"], size)
     return merged
+
+
+@keras.saving.register_keras_serializable(package="ocr_tf")
+class FixedScalesNetwork(keras.Model):
+    """A multi-scale network with its scale list fixed, for export: `call(images)` ->
+    {"logits": `mscale_predict(network, images, scales)`, "aux_logits": the merged aux logits},
+    both at the input size. `ocr_tf.export.export_saved_model(FixedScalesNetwork(net, (0.5, 1.0,
+    2.0)), ...)` then serves the hierarchical merge (its resize to the input size is the identity).
+
+    Args:
+        network: a `build_mscale_ocr` network.
+        scales: the scales to merge (must contain 1.0).
+    """
+
+    def __init__(self, network, scales=(0.5, 1.0, 2.0), **kwargs):
+        super().__init__(**kwargs)
+        self.network = getattr(network, "network", network)
+        self.scales = tuple(check_scales(scales))
+        self.built = self.network.built  # no variables of its own: ready to export as it is
+
+    def call(self, images, training=False):
+        images = ops.cast(images, "float32")
+        outputs = {s: scale_outputs(self.network, images, s) for s in self.scales}
+        return nscale_merge(outputs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(network=keras.saving.serialize_keras_object(self.network), scales=list(self.scales))
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["network"] = keras.saving.deserialize_keras_object(config["network"])
+        return cls(**config)
