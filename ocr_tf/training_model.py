@@ -57,7 +57,7 @@ class SegmentationTrainer(keras.Model):
         # gradients (and multiplies back for the logged loss).
         total = scale_loss_for_distribution(parts["loss"])
         for extra in self.losses:  # regularizers, if a network defines any (Keras scales them)
-            total = total + tf.cast(self._aggregate_additional_loss(extra), total.dtype)
+            total = total + keras.ops.cast(self._aggregate_additional_loss(extra), total.dtype)
         return total
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
@@ -67,7 +67,8 @@ class SegmentationTrainer(keras.Model):
     # --- MultiWorkerMirroredStrategy fixes (see the module docstring) -------------------------
 
     def _logs_for_reduction(self, logs):
-        if not is_multi_worker(self.distribute_strategy):
+        # tf.distribute only (TensorFlow by nature); JAX / PyTorch trainers have no strategy.
+        if keras.backend.backend() != "tensorflow" or not is_multi_worker(self.distribute_strategy):
             return logs
         return {k: tf.reshape(v, [1]) if v.shape.rank == 0 else v for k, v in logs.items()}
 
@@ -78,7 +79,7 @@ class SegmentationTrainer(keras.Model):
         return self._logs_for_reduction(super().test_step(data))
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if iterator is not None and data_batch is None:
+        if keras.backend.backend() == "tensorflow" and iterator is not None and data_batch is None:
             for _, _, it in iterator:
                 data_batch = next(it)
                 break

@@ -69,3 +69,29 @@ def test_dilated_conv_keeps_size_and_bn_defaults_match_pytorch():
     y = layer(np.zeros((2, 7, 9, 5), np.float32))
     assert y.shape == (2, 7, 9, 6)
     assert layer.bn.epsilon == 1e-5 and layer.bn.momentum == 0.9 and layer.bn.synchronized
+
+
+def test_tensorflow_resize_converts_to_the_tflite_builtin_without_a_deprecation_warning(tmp_path, caplog):
+    """On TensorFlow the align_corners=True resize is the raw ResizeBilinear op: TFLite's builtin
+    RESIZE_BILINEAR (align_corners kept, PyTorch's values), and no 'resize_bilinear is deprecated'
+    warning from the tf.compat.v1 wrapper."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from ocr_tf.tflite_utils import check_builtin_only
+
+    small, big = keras.Input((8, 10, 3), batch_size=1), keras.Input((29, 37, 1), batch_size=1)
+    model = keras.Model([small, big], ResizeTo(align_corners=True)(small, big))
+    with caplog.at_level("WARNING"):
+        flatbuffer = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    assert "deprecated" not in caplog.text
+    path = tmp_path / "resize.tflite"
+    path.write_bytes(flatbuffer)
+    assert check_builtin_only(str(path)) == ["RESIZE_BILINEAR"]
+    interpreter = Interpreter(str(path))
+    interpreter.allocate_tensors()
+    x = np.random.default_rng(4).normal(size=(1, 8, 10, 3)).astype(np.float32)
+    for detail in interpreter.get_input_details():
+        interpreter.set_tensor(detail["index"], x if detail["shape"][-1] == 3 else np.zeros((1, 29, 37, 1), np.float32))
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(got, ref.resize_bilinear(x.astype(np.float64), (29, 37), True), atol=1e-5)

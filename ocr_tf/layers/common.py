@@ -5,6 +5,10 @@
 * `resize_bilinear` / `ResizeTo`: bilinear resize reproducing PyTorch's `F.interpolate(...,
   mode="bilinear", align_corners=True|False)` exactly on every Keras backend, and lowering to
   TFLite's builtin RESIZE_BILINEAR on TensorFlow.
+* `check_label_range`: refuse class ids outside [0, K) (other than the ignore label).
+
+Written in `keras.ops` (TensorFlow, JAX, PyTorch); what only TensorFlow has (the TFLite
+builtin resize, graph assertions) is behind a backend check that says so.
 """
 
 import keras

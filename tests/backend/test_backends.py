@@ -1,0 +1,64 @@
+"""Every Keras backend: the TensorFlow process (this one) writes tiny models of every head
+family as `.keras` files, their inputs and TensorFlow outputs, and one training step's result;
+then `backend_checks.py` runs in one subprocess per backend (KERAS_BACKEND is fixed per
+process) and checks against them, against the NumPy references and the official fixture.
+
+JAX runs with 2 host CPU devices (XLA_FLAGS) for the `keras.distribution.DataParallel` check.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import cases
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+@pytest.fixture(scope="module")
+def case_dir(tmp_path_factory):
+    """TensorFlow's answers: <name>.keras, <name>.npz (inputs, eval-mode outputs), and
+    train_step.npz (weights before / after one `fit` step of the OCR head + loss + SGD + PolyLR)."""
+    assert keras.backend.backend() == "tensorflow"
+    out = tmp_path_factory.mktemp("backend_cases")
+    for name, model in cases.head_models().items():
+        cases.randomize(model)
+        x = cases.inputs_for(model)
+        y = {k: v.numpy() for k, v in model(x, training=False).items()}
+        model.save(out / f"{name}.keras")
+        xs = x if isinstance(x, list) else [x]
+        np.savez(out / f"{name}.npz", **{f"x{i}": v for i, v in enumerate(xs)}, **y)
+    network = cases.head_models()["ocr_hrnet"]
+    cases.randomize(network, seed=3)
+    before = [w.numpy() for w in network.weights]
+    x, y = cases.train_batch()
+    trainer = cases.trainer_for(network)
+    history = trainer.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0)
+    after = [w.numpy() for w in network.weights]
+    np.savez(
+        out / "train_step.npz",
+        loss=history.history["loss"][0],
+        **{f"before_{i}": v for i, v in enumerate(before)},
+        **{f"after_{i}": v for i, v in enumerate(after)},
+    )
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_backend_matches_tensorflow_numpy_and_the_official_fixture(backend, case_dir):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed (pip install -e '.[{backend}]')")
+    env = dict(os.environ, KERAS_BACKEND=backend, OCR_TF_BACKEND_CASES=str(case_dir), TF_CPP_MIN_LOG_LEVEL="3")
+    if backend == "jax":
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.join(HERE, "backend_checks.py")]
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, f"{backend} checks failed:\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
+    assert " passed" in run.stdout and " failed" not in run.stdout, run.stdout[-2000:]
