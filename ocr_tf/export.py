@@ -424,7 +424,9 @@ def build_parser():
     parser.add_argument("--output", help="SavedModel: base dir (default saved_models/<name>); TFLite/ONNX: file path")
     parser.add_argument("--version", type=int, help="SavedModel version (default: next integer)")
     parser.add_argument("--with-probabilities", action="store_true", help="SavedModel: also output softmax probabilities")
-    parser.add_argument("--input-size", default="512x1024", help="TFLite: fixed HEIGHTxWIDTH (default 512x1024)")
+    parser.add_argument(
+        "--input-size", help="TFLite: fixed HEIGHTxWIDTH (default 512x1024); ONNX: fix it (default: any size)"
+    )
     parser.add_argument("--quantize", choices=QUANTIZE_MODES, default="none", help="TFLite quantization")
     parser.add_argument("--calibration", help="TFLite int8: glob of TFRecords (default: the demo training set)")
     parser.add_argument("--num-calibration", type=int, default=100, help="int8 calibration images (default 100)")
@@ -506,6 +508,7 @@ def main(argv=None):
             with_logits=args.with_logits,
             align_corners=args.align_corners,
             class_names=class_names,
+            input_size=args.input_size,
         )
     else:
         calibration = args.calibration
@@ -515,7 +518,7 @@ def main(argv=None):
             from ocr_tf.data.datasets.demo import prepare_demo
 
             calibration = prepare_demo()["train"]
-        size = parse_input_size(args.input_size)
+        size = parse_input_size(args.input_size or "512x1024")
         path = export_tflite(
             model,
             args.output or os.path.join("saved_models", "tflite", f"{name}_{size[0]}x{size[1]}_{args.quantize}.tflite"),
