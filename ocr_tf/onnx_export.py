@@ -1,8 +1,8 @@
 """ONNX export of a segmenter, for ONNX Runtime, TensorRT and OpenVINO, and a runner for it.
 
 The ONNX model is the same inference graph as the SavedModel and TFLite exports
-(`ocr_tf.export.make_inference_fn`): uint8 RGB images [batch, height, width, 3] in, any height and
-width, normalisation inside, the model, the logits resized to the input size (bilinear,
+(`ocr_tf.export.make_inference_fn`): uint8 RGB images [batch, height, width, 3] in, any batch,
+height and width (or a fixed [1, H, W, 3] with `input_size`, for dilated backbones), normalisation inside, the model, the logits resized to the input size (bilinear,
 align_corners as trained) and argmax -> "labels" int32 [batch, height, width]; with
 `with_logits`, also "logits" float32 [batch, h, w, K] at feature resolution.
 
