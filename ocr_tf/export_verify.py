@@ -16,7 +16,7 @@ Artefacts and runtimes (the format is read from the path):
                export does not lean on anything of this process, e.g. ocr_tf's registered layers);
   tflite       a `.tflite` file, run with LiteRT's interpreter (`ai_edge_litert`); its fixed input
                size decides the images' size (they are resized to it, for both sides);
-  onnx         an `.onnx` file, run with ONNX Runtime.
+  onnx         an `.onnx` file, run with ONNX Runtime (images resized too if its size is fixed).
 
 The Keras reference is computed independently of the exported graph: normalisation in NumPy with
 the model's mean/std (a `Segmenter`'s, or ImageNet's), the network, the repo's align_corners resize
@@ -442,6 +442,13 @@ def verify_export(
         from ocr_tf.tflite_utils import TFLiteSegmenter
 
         input_size = tuple(TFLiteSegmenter(artefact).input_size)
+    elif fmt == "onnx":
+        from ocr_tf.onnx_export import ONNXSegmenter
+
+        try:
+            input_size = ONNXSegmenter(artefact).fixed_input_size
+        except Exception:  # an unloadable file: the run below fails and reports it
+            input_size = None
     if images is not None:
         images, source = verification_images(list(images), len(images), input_size)
         source = "images given by the caller"

@@ -1,8 +1,8 @@
 """ONNX export of a segmenter, for ONNX Runtime, TensorRT and OpenVINO, and a runner for it.
 
 The ONNX model is the same inference graph as the SavedModel and TFLite exports
-(`ocr_tf.export.make_inference_fn`): uint8 RGB images [batch, height, width, 3] in, any height and
-width, normalisation inside, the model, the logits resized to the input size (bilinear,
+(`ocr_tf.export.make_inference_fn`): uint8 RGB images [batch, height, width, 3] in, any batch,
+height and width (or a fixed [1, H, W, 3] with `input_size`, for dilated backbones), normalisation inside, the model, the logits resized to the input size (bilinear,
 align_corners as trained) and argmax -> "labels" int32 [batch, height, width]; with
 `with_logits`, also "logits" float32 [batch, h, w, K] at feature resolution.
 
@@ -122,7 +122,9 @@ def _metadata(model, class_names, align_corners):
     return meta
 
 
-def export_onnx(model, out_path, *, with_logits=False, align_corners=None, class_names=None, opset=DEFAULT_OPSET):
+def export_onnx(
+    model, out_path, *, with_logits=False, align_corners=None, class_names=None, opset=DEFAULT_OPSET, input_size=None
+):
     """Convert `model` to an ONNX file at `out_path` (written atomically) and return the path.
 
     Args:
@@ -133,6 +135,12 @@ def export_onnx(model, out_path, *, with_logits=False, align_corners=None, class
         class_names: optional list, len == number of classes; written one per line to
             `labels_path(out_path)` and into the file's metadata ("class_names", JSON).
         opset: ONNX opset to target (default `DEFAULT_OPSET`).
+        input_size: None (default) for dynamic batch, height and width, or (H, W) for a fixed
+            input [1, H, W, 3] as TFLite's. Dilated convs (MobileNetV2 and ResNet at output stride
+            8) reach tf2onnx as SpaceToBatchND -> Conv -> BatchToSpaceND; only with static shapes
+            does tf2onnx fold them into one dilated Conv, otherwise they stay SpaceToDepth /
+            DepthToSpace / Transpose chains that ran ONNX Runtime ~9x slower on MobileNetV2-0.35 +
+            OCR at 96x128 (BENCHMARKS.md, issue 16). HRNet has no dilated convs.
 
     Input "images" uint8 [batch, height, width, 3] with dynamic batch, height and width; output
     "labels" int32 [batch, height, width] (+ "logits"). Only standard ONNX ops (checked).
@@ -147,7 +155,10 @@ def export_onnx(model, out_path, *, with_logits=False, align_corners=None, class
     class_names = export._check_class_names(model, class_names)
 
     infer = export.make_inference_fn(model, align_corners=align_corners, with_logits=with_logits)
-    signature = [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]
+    if isinstance(input_size, str):
+        input_size = export.parse_input_size(input_size)
+    shape = [None, None, None, 3] if input_size is None else [1, *(int(v) for v in input_size), 3]
+    signature = [tf.TensorSpec(shape, tf.uint8, name="images")]
     # The archive tracks the model's variables, so the traced function reads them as resources
     # that tf2onnx freezes into initializers (what Keras' own ONNX export does too).
     archive = keras.export.ExportArchive()
@@ -189,6 +200,12 @@ class ONNXSegmenter:
         self.session = ort.InferenceSession(self.model_path, sess_options=options, providers=list(providers))
         (self.input,) = self.session.get_inputs()
         self.output_names = [output.name for output in self.session.get_outputs()]
+
+    @property
+    def fixed_input_size(self):
+        """(H, W) of a model exported with a fixed input_size, None for any size."""
+        height, width = self.input.shape[1:3]
+        return (height, width) if isinstance(height, int) and isinstance(width, int) else None
 
     def __call__(self, images):
         images = np.asarray(images)

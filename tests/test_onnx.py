@@ -143,3 +143,30 @@ def test_cli_exports_onnx_and_verifies_it(model, tmp_path):
     assert report["max_logit_difference"] is None  # the labels-only export has no logits
     card = (tmp_path / "out" / "tiny.model_card.md").read_text()
     assert "**Export verification: PASSED**" in card and "| road |" in card
+
+
+def test_fixed_input_size_folds_dilated_convs(tmp_path):
+    """A dilated conv reaches tf2onnx as SpaceToBatchND -> Conv -> BatchToSpaceND: with any input
+    size it stays a SpaceToDepth/DepthToSpace chain, with a fixed size it becomes one Conv."""
+    import keras
+
+    from ocr_tf.layers import ConvBN, OCRHead
+
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((None, None, 3))
+    x = ConvBN(8, 3, strides=2)(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", dilation_rate=2)(x)
+    model = keras.Model(inputs, OCRHead(3, mid_channels=8, key_channels=4)(x))
+    dynamic = onnx.load(export_onnx(model, str(tmp_path / "dynamic.onnx")))
+    fixed_path = export_onnx(model, str(tmp_path / "fixed.onnx"), input_size="32x48")
+    fixed = onnx.load(fixed_path)
+    assert "SpaceToDepth" in {n.op_type for n in dynamic.graph.node}
+    assert "SpaceToDepth" not in {n.op_type for n in fixed.graph.node}
+    dilated = [n for n in fixed.graph.node if n.op_type == "Conv"
+               and any(a.name == "dilations" and list(a.ints) == [2, 2] for a in n.attribute)]
+    assert len(dilated) == 1
+    segmenter = ONNXSegmenter(fixed_path)
+    assert segmenter.fixed_input_size == (32, 48) and ONNXSegmenter(str(tmp_path / "dynamic.onnx")).fixed_input_size is None
+    images = np.random.default_rng(4).integers(0, 256, (1, 32, 48, 3), dtype=np.uint8)
+    ref_labels, _, margin = reference(model, images)
+    assert_labels_match(segmenter(images)["labels"], ref_labels, margin)

@@ -23,7 +23,8 @@ def build_parser():
     parser.add_argument("--output", help="SavedModel: base dir (default saved_models/<model name>); TFLite/ONNX: file path")
     parser.add_argument("--version", type=int, help="SavedModel version (default: next integer)")
     parser.add_argument("--with-probabilities", action="store_true", help="SavedModel: also output softmax probabilities")
-    parser.add_argument("--input-size", type=size, default=(512, 1024), help="TFLite: fixed HEIGHTxWIDTH (default 512x1024)")
+    parser.add_argument("--input-size", type=size,
+                        help="TFLite: fixed HEIGHTxWIDTH (default 512x1024); ONNX: fix it (default: any size)")
     parser.add_argument("--quantize", choices=QUANTIZE_MODES, default="none", help="TFLite quantization")
     parser.add_argument("--calibration", help="TFLite int8: glob of TFRecords (default: the demo training set for demo models)")
     parser.add_argument("--num-calibration", type=positive_int, default=100, help="int8 calibration images (default 100)")
@@ -111,7 +112,7 @@ def main(args):
         target = args.output or os.path.join("saved_models", "onnx", f"{name}.onnx")
         try:
             path = export_onnx(segmenter, target, with_logits=args.with_logits, align_corners=args.align_corners,
-                               class_names=segmenter.class_names)
+                               class_names=segmenter.class_names, input_size=args.input_size)
         except OSError as e:
             fail(f"cannot write {target}: {e.strerror or e}.")
     else:
@@ -122,7 +123,7 @@ def main(args):
             from ocr_tf.data.datasets.demo import prepare_demo
 
             calibration = prepare_demo()["train"]
-        h, w = args.input_size
+        h, w = args.input_size or (512, 1024)
         target = args.output or os.path.join("saved_models", "tflite", f"{name}_{h}x{w}_{args.quantize}.tflite")
         try:
             path = export_tflite(
