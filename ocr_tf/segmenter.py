@@ -164,12 +164,13 @@ class Segmenter(keras.Model):
 
     def with_classes(self, class_names, palette=None, dataset=None, flip_pairs=()):
         """The same network (shared weights) under other class names / palette."""
-        return Segmenter(
-            self.network, class_names, palette=palette, mean=self.mean, std=self.std,
-            align_corners=self.align_corners, ignore_label=self.ignore_label, dataset=dataset,
-            model_name=self.model_name, model_overrides=self.model_overrides,
-            output_stride=self.output_stride, flip_pairs=flip_pairs, provenance=self.provenance,
-        )
+        meta = {**self.metadata(), "class_names": class_names, "palette": palette, "dataset": dataset,
+                "flip_pairs": flip_pairs}
+        return Segmenter(self.network, **meta)
+
+    def with_network(self, network):
+        """Another network (e.g. `ocr_tf.fold_bn.fold_batch_norm(seg.network)`) with this metadata."""
+        return Segmenter(network, **self.metadata())
 
     # ------------------------------------------------------------------------------ inference
 
