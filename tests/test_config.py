@@ -78,7 +78,8 @@ def test_every_shipped_config_loads():
     assert "demo/default.yaml" in names
     for p in ALL_CONFIGS:
         cfg = load_config(p)
-        assert cfg.train.momentum == 0.9 and cfg.train.power == 0.9, p
+        mscale = cfg.model.name.endswith("_mscale_ocr")  # NVIDIA's recipe: poly power 2 (issue 15)
+        assert cfg.train.momentum == 0.9 and cfg.train.power == (2.0 if mscale else 0.9), p
         assert cfg.loss.aux_weight == 0.4, p
         assert cfg.data.ignore_label == 255, p
 

@@ -106,3 +106,17 @@ def test_train_command_trains_the_tiny_mscale_model_on_the_demo(tmp_path, demo_c
 
     best = keras.saving.load_model(run_dir / "checkpoints" / "best.keras", compile=False)
     assert is_mscale(best)
+
+
+def test_cityscapes_config_is_nvidias_recipe():
+    from ocr_tf.config import load_config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(os.path.join(root, "configs", "cityscapes", "hrnet_w48_mscale_ocr.yaml"))
+    t, d, lo = cfg.train, cfg.data, cfg.loss
+    assert cfg.model.name == "hrnet_w48_mscale_ocr" and d.num_classes == 19
+    assert d.crop_size == [1024, 2048] and d.scale_range == [0.5, 2.0] and d.flip
+    assert (t.batch_size, t.lr, t.momentum, t.weight_decay, t.power) == (8, 0.005, 0.9, 1e-4, 2.0)
+    assert t.iterations == 175 * -(-2975 // 8) and t.mixed_precision == "float16"
+    assert (lo.aux_weight, lo.mscale_lo_scale, lo.mscale_scale_weight, lo.mscale_rmi) == (0.4, 0.5, 0.05, True)
+    assert lo.class_weights is None and not lo.ohem
