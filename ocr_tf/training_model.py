@@ -72,11 +72,14 @@ class SegmentationTrainer(keras.Model):
             return logs
         return {k: tf.reshape(v, [1]) if v.shape.rank == 0 else v for k, v in logs.items()}
 
-    def train_step(self, data):
-        return self._logs_for_reduction(super().train_step(data))
+    # *args: JAX's steps are (state, data) -> (logs, state); the fix concerns TF's logs only.
+    def train_step(self, *args):
+        out = super().train_step(*args)
+        return self._logs_for_reduction(out) if keras.backend.backend() == "tensorflow" else out
 
-    def test_step(self, data):
-        return self._logs_for_reduction(super().test_step(data))
+    def test_step(self, *args):
+        out = super().test_step(*args)
+        return self._logs_for_reduction(out) if keras.backend.backend() == "tensorflow" else out
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         if keras.backend.backend() == "tensorflow" and iterator is not None and data_batch is None:
