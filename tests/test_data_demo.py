@@ -28,7 +28,10 @@ def test_prepare_demo_writes_records_once(prepared, monkeypatch):
     assert _count(info["train"]) == 384 and _count(info["val"]) == 64
     assert len(tf.io.gfile.glob(info["train"])) == 4  # shards enough for 2-4 workers
     # No leftovers of the temporary folder.
-    assert sorted(os.listdir(cache)) == ["v1-seed0"]
+    assert sorted(os.listdir(cache)) == [f"v{demo.VERSION}-seed0"]
+    # A few validation images as PNGs, for predict after the quick start: the first val scenes.
+    pngs = sorted(os.listdir(info["images"]))
+    assert pngs == [f"demo-val-{i:04d}.png" for i in range(demo.NUM_PNGS)]
 
     def fail(*args):
         raise AssertionError("regenerated a complete cache")

@@ -157,11 +157,11 @@ def test_rerun_of_a_finished_run_is_reported_without_tensorflow(tmp_path, capsys
     assert f"Run {run_dir} is already finished" in out and "best validation mIoU 50.00% at step 6" in out
     assert f"model (.keras): {run_dir / 'checkpoints' / 'best.keras'}" in out and "--new-run" in out
     assert {p: os.stat(p).st_mtime_ns for p in stamps} == stamps  # nothing touched
-    code = ("import sys; from ocr_tf.cli.train import main; s = main(sys.argv[1:]); "
-            "print('tensorflow loaded:', 'tensorflow' in sys.modules); sys.exit(s)")
-    result = subprocess.run([sys.executable, "-c", code, "--output-dir", str(run_dir)], capture_output=True,
-                            text=True, cwd=ROOT)
-    assert result.returncode == 0 and "tensorflow loaded: False" in result.stdout, result.stderr[-2000:]
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "ocr_tf.train", "--output-dir", str(run_dir)],
+                            capture_output=True, text=True, cwd=ROOT)
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    assert result.returncode == 0 and "already finished" in result.stdout, result.stderr[-2000:]
+    assert "tensorflow" not in imported
 
 
 def test_new_run_that_fails_its_checks_leaves_the_old_run_in_place(tmp_path, capsys):
