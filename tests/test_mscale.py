@@ -264,3 +264,23 @@ def test_registry_names_and_unknown_override():
     assert {"hrnet_w48_mscale_ocr", "hrnet_tiny_mscale_ocr"} <= set(list_models())
     with pytest.raises(ValueError, match=r"\['alpha'\] for model 'hrnet_tiny_mscale_ocr'; allowed: .*'attn_channels'"):
         build_model("hrnet_tiny_mscale_ocr", 3, alpha=0.5)
+
+
+def test_preset_of_the_converted_network_predicts_uint8_images_by_the_merge(converted, tmp_path):
+    """Issue 15's done-when: a preset loaded by `Segmenter.from_preset`, and `predict(uint8,
+    scales=[0.5, 1.0, 2.0])` running the hierarchical merge at the input size."""
+    import ocr_tf
+
+    seg = ocr_tf.Segmenter(converted, [f"c{i}" for i in range(5)], align_corners=False,
+                           model_name="hrnet_tiny_mscale_ocr")
+    seg.save_to_preset(tmp_path / "preset")
+    loaded = ocr_tf.Segmenter.from_preset(str(tmp_path / "preset"))
+    image = np.random.default_rng(4).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    labels = loaded.predict(image, scales=[0.5, 1.0, 2.0])
+    x = ((image / 255.0 - np.array(seg.mean)) / np.array(seg.std)).astype(np.float32)[None]
+    want = np.asarray(mscale_predict(converted, x, (0.5, 1.0, 2.0)))[0].argmax(-1)
+    assert labels.shape == (70, 90)
+    assert np.mean(labels == want) > 0.999
+    # One scale alone predicts otherwise: the three scales were merged.
+    single = np.asarray(mscale_predict(converted, x, (1.0,)))[0].argmax(-1)
+    assert np.mean(labels == single) < np.mean(labels == want)
