@@ -34,7 +34,7 @@ import tempfile
 import numpy as np
 
 from ocr_tf.backbones.hrnet import torch_bn_name, torch_conv_name
-from ocr_tf.errors import UserError
+from ocr_tf.errors import MissingFileError, UserError
 
 # Relative error allowed by `--verify` (max |a - b| / max |b|).
 VERIFY_TOLERANCE = 1e-4
@@ -62,7 +62,7 @@ def read_state_dict(path):
     """A checkpoint file -> {official name: float32 array}, names as stored (prefixes kept)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Checkpoint not found: {path!r}")
+        raise MissingFileError(f"checkpoint {path} not found.")
     if path.endswith(".npz"):
         with np.load(path, allow_pickle=False) as data:
             names = list(data.files)
@@ -77,11 +77,21 @@ def read_state_dict(path):
             f'Reading {path} needs PyTorch: pip install "ocr_tf[convert]" (CPU torch), '
             "or convert the state_dict to .npz first."
         ) from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refuses pickled classes, e.g. a whole nn.Module
+        raise UserError(
+            f"{path} holds pickled Python objects (e.g. a whole nn.Module), not a state_dict: in PyTorch save "
+            "torch.save(model.state_dict(), path) and convert that file."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:  # truncated downloads, other formats
+        raise UserError(f"cannot read {path} as a PyTorch checkpoint ({str(e).splitlines()[0][:160]}).") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state_dict.")
+        raise UserError(f"{path} holds a {type(state).__name__}, not a state_dict: save model.state_dict().")
     return {k: v.detach().cpu().numpy() for k, v in state.items() if hasattr(v, "detach")}
 
 

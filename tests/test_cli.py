@@ -103,3 +103,22 @@ def test_help_does_not_import_tensorflow(verb):
     assert proc.returncode == 0 and "usage: python -m ocr_tf." in proc.stdout
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
     assert "tensorflow" not in imported and "keras" not in imported, sorted(imported)[:50]
+
+
+def test_a_whole_module_or_a_truncated_pth_is_named_with_the_fix(tmp_path, capsys):
+    """torch's weights_only refusal of a pickled nn.Module becomes the hint to save state_dict()."""
+    import torch
+
+    from ocr_tf.cli import convert
+
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")
+    assert convert.main(["--checkpoint", str(tmp_path / "module.pth"), "--model", "hrnet_w18_ocr",
+                         "--num-classes", "3", "--out", str(tmp_path / "o")]) == 2
+    one_error_line(capsys, "module.pth", "state_dict()")
+    torch.save({"w": torch.zeros(64, 64)}, tmp_path / "full.pth")
+    data = (tmp_path / "full.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    assert convert.main(["--checkpoint", str(tmp_path / "cut.pth"), "--model", "hrnet_w18_ocr",
+                         "--num-classes", "3", "--out", str(tmp_path / "o")]) == 2
+    one_error_line(capsys, "cut.pth")
+    assert not (tmp_path / "o").exists()
