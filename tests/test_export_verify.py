@@ -182,9 +182,11 @@ def test_bad_arguments_are_refused(tmp_path):
     path.write_bytes(b"not read: the threshold is checked first")
     with pytest.raises(ValueError, match=r"min_agreement must be a fraction in \(0, 1\], got 99.9"):
         export_verify.verify_export(None, str(path), min_agreement=99.9, write=False)
-    assert export._fraction("99.5%") == pytest.approx(0.995) and export._fraction("0.9") == 0.9
+    from ocr_tf.cli.export import agreement  # --min-agreement's type
+
+    assert agreement("99.5%") == pytest.approx(0.995) and agreement("0.9") == 0.9
     with pytest.raises(Exception, match="percent like 99.9%"):
-        export._fraction("99.9")
+        agreement("99.9")
 
 
 def test_an_artefact_the_runtime_cannot_load_gets_a_failed_report(model, images, tmp_path):
