@@ -208,10 +208,10 @@ def export_saved_model(
 
     from ocr_tf.fold_bn import fold_batch_norm, is_foldable
 
-    network = getattr(model, "network", model)  # a Segmenter folds its network, keeps its metadata
-    if fold_bn and is_foldable(network):
-        folded = fold_batch_norm(network)
-        model = model.with_network(folded) if network is not model else folded
+    if fold_bn and is_foldable(model):
+        model = fold_batch_norm(model)
+    elif fold_bn and hasattr(model, "with_network") and is_foldable(model.network):
+        model = model.with_network(fold_batch_norm(model.network))  # a Segmenter keeps its metadata
     infer = make_inference_fn(model, align_corners=align_corners, with_probabilities=with_probabilities)
     archive = keras.export.ExportArchive()
     archive.track(model)

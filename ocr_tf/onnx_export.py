@@ -154,6 +154,7 @@ def export_onnx(
     tf2onnx = _require("tf2onnx")
     class_names = export._check_class_names(model, class_names)
 
+    align_corners = export._align_corners(model, align_corners)  # the caller's, a Segmenter's, else True
     infer = export.make_inference_fn(model, align_corners=align_corners, with_logits=with_logits)
     if isinstance(input_size, str):
         input_size = export.parse_input_size(input_size)

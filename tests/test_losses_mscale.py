@@ -94,7 +94,7 @@ def test_train_command_trains_the_tiny_mscale_model_on_the_demo(tmp_path, demo_c
     import keras
 
     from ocr_tf.layers.mscale import is_mscale
-    from ocr_tf.train import main
+    from ocr_tf.cli.train import main
 
     run_dir = tmp_path / "run"
     extra = ["model.name=hrnet_tiny_mscale_ocr", "model.overrides.attn_channels=4"]
