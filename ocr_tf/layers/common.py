@@ -14,6 +14,8 @@ builtin resize, graph assertions) is behind a backend check that says so.
 import keras
 from keras import ops
 
+from ocr_tf.layers.batch_norm import FusedBatchNormalization
+
 BN_EPSILON = 1e-5  # PyTorch's default, used by every official checkpoint.
 BN_MOMENTUM = 0.9  # Keras convention; equals PyTorch momentum 0.1.
 
@@ -86,7 +88,7 @@ class ConvBN(keras.layers.Layer):
         )
         self.bn = None
         if self.batch_norm:
-            self.bn = keras.layers.BatchNormalization(
+            self.bn = FusedBatchNormalization(
                 epsilon=self.bn_epsilon,
                 momentum=self.bn_momentum,
                 synchronized=self.synchronized,
