@@ -18,6 +18,7 @@ from ocr_tf.preprocessing import normalize_image
 from ocr_tf.tflite_utils import TFLiteSegmenter, check_builtin_only, count_macs, list_ops
 
 SIZE = (96, 128)  # the demo images' size
+pytestmark = pytest.mark.slow  # the phone-model fixture trains for ~1-2 minutes
 
 
 def demo_images(pattern, count, num_classes):

@@ -105,6 +105,7 @@ def test_missing_dataset_and_class_mismatch_refused_before_training(tmp_path, de
 # ------------------------------------------------------------------------------ the default command
 
 
+@pytest.mark.slow
 def test_default_command_pieces_on_a_tiny_budget(tmp_path, demo_cache, capsys):
     from ocr_tf.cli.train import main
 
@@ -169,6 +170,7 @@ def _lr(step, iterations, base=0.05):
     return base * (1 - step / iterations) ** 0.9
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_continues_step_and_lr(tmp_path, demo_cache):
     run_dir = tmp_path / "run"
     iterations = 40
