@@ -44,6 +44,8 @@ import time
 
 import numpy as np
 
+from ocr_tf.files import write_atomic
+
 # Table 4 of the paper (P40, input 1 x 2048 x 128 x 128): params (M), memory (MB), GFLOPs, ms.
 PAPER_TABLE4 = {
     "ocr": (10.5, 202, 340, 45),
@@ -403,12 +405,6 @@ def print_report(result, stream=sys.stdout):
         for goal, ok in result["goals"].items():
             print(f"  {goal.replace('_', ' ')}: {'met' if ok else 'not met on this machine'}", file=stream)
 
-
-def write_atomic(path, text):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def parse_args(argv=None):

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from ocr_tf.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from ocr_tf.files import write_json_atomic
 
 
 def _atomic_save_weights(model, path):
@@ -30,12 +31,6 @@ def _atomic_save_weights(model, path):
     model.save_weights(tmp, overwrite=True)
     os.replace(tmp, path)
 
-
-def _atomic_json(path, obj):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -85,7 +80,7 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
         os.makedirs(self.backup_dir, exist_ok=True)
         _atomic_save_weights(self.model, self._weights_path)
         step = int(self.model.optimizer.iterations.numpy())
-        _atomic_json(self._training_metadata_path, {"step": step, "epoch": self._epoch})
+        write_json_atomic(self._training_metadata_path, {"step": step, "epoch": self._epoch})
 
     def on_train_end(self, logs=None):
         pass

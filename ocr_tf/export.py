@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from ocr_tf.data import records
 from ocr_tf.errors import MissingFileError, UserError
+from ocr_tf.files import write_atomic
 from ocr_tf.layers.common import resize_bilinear
 from ocr_tf.preprocessing import normalize_image
 from ocr_tf.tflite_utils import check_builtin_only
@@ -138,21 +139,6 @@ def _check_class_names(model, class_names):
         raise UserError(f"class names must not contain newlines: {bad}")
     return class_names
 
-
-def write_atomic(path, data):
-    """Write bytes (or text, as UTF-8) to `path` through a temporary file renamed when complete,
-    so a crash never leaves a half-written model or report."""
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _write_labels(path, class_names):

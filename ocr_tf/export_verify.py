@@ -571,7 +571,7 @@ def write_report(report, artefact, fmt=None):
     atomically; return the two paths."""
     json_path, card_path = report_paths(artefact, fmt)
     os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-    from ocr_tf.export import write_atomic
+    from ocr_tf.files import write_atomic
 
     write_atomic(json_path, json.dumps(report, indent=1, allow_nan=False, default=str) + "\n")
     write_atomic(card_path, model_card(report))

@@ -27,6 +27,8 @@ import os
 
 import numpy as np
 
+from ocr_tf.files import write_atomic
+
 # Opset 17: ONNX Runtime, TensorRT >= 8.6 and OpenVINO >= 2022.3 all read it; Resize with
 # coordinate_transformation_mode "align_corners" exists since opset 11.
 DEFAULT_OPSET = 17
@@ -174,7 +176,7 @@ def export_onnx(
     check_standard_ops(model_proto)
 
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    export.write_atomic(out_path, model_proto.SerializeToString())
+    write_atomic(out_path, model_proto.SerializeToString())
     if class_names is not None:
         export._write_labels(labels_path(out_path), class_names)
     return str(out_path)

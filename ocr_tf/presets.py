@@ -30,6 +30,7 @@ import time
 import urllib.parse
 
 from ocr_tf.errors import MissingFileError, UserError
+from ocr_tf.files import cache_root, file_sha256  # noqa: F401 (presets.cache_root is public)
 
 CONFIG = "config.json"
 WEIGHTS = "model.weights.h5"
@@ -282,18 +283,6 @@ def preset_of_file(file_name):
     """The preset whose checkpoint file is named `file_name`, or None."""
     return next((s for s in _PRESETS.values() if s.file_name == os.path.basename(file_name)), None)
 
-
-def cache_root():
-    """$OCR_TF_CACHE, else ~/.cache/ocr_tf (as the demo data)."""
-    return os.environ.get("OCR_TF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ocr_tf")
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def require_torch(what):

@@ -20,12 +20,12 @@ or a file copied in from elsewhere, shows up as a mismatch).
 """
 
 import datetime
-import hashlib
 import json
 import os
 import uuid
 
 from ocr_tf.errors import UserError
+from ocr_tf.files import file_sha256, write_json_atomic
 
 STATE_FILE = "run.json"
 FRESH, RESUME, FINISHED = "fresh", "resume", "finished"
@@ -34,13 +34,6 @@ FRESH, RESUME, FINISHED = "fresh", "resume", "finished"
 def _now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
-
-def write_json_atomic(path, obj):
-    """JSON to `path` through `<path>.tmp-<pid>` and one rename."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def read_state(run_dir):
@@ -177,17 +170,10 @@ def describe_finished(run_dir, state):
 # ------------------------------------------------------------------------------ the best set
 
 
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def write_best_manifest(ckpt_dir, info, run_id, names=("best.weights.h5",)):
     """Write `best.json` (the manifest, last) = `info` + run id + the SHA-256 of `names`."""
-    files = {n: sha256(os.path.join(ckpt_dir, n)) for n in names if os.path.exists(os.path.join(ckpt_dir, n))}
+    files = {n: file_sha256(os.path.join(ckpt_dir, n)) for n in names if os.path.exists(os.path.join(ckpt_dir, n))}
     write_json_atomic(os.path.join(ckpt_dir, "best.json"), {**info, "run_id": run_id, "files": files})
 
 
@@ -203,6 +189,6 @@ def verify_best_set(ckpt_dir):
         file = os.path.join(ckpt_dir, name)
         if not os.path.exists(file):
             problems.append(f"{file} is missing")
-        elif sha256(file) != digest:
+        elif file_sha256(file) != digest:
             problems.append(f"{file} is not the one {path} names (another step or run)")
     return problems

@@ -2,6 +2,7 @@
 reported, not retrained; --new-run moves the old run aside; the best set is one run's; the next
 run / conversion removes what a killed process left."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -225,3 +226,23 @@ def test_an_output_folder_under_a_file_is_named(tmp_path):
     plan = runs.prepare(str(tmp_path / "afile" / "run"))
     with pytest.raises(ValueError, match=r"output\.dir .*afile/run: .*afile is a file, expected a folder"):
         runs.start(str(tmp_path / "afile" / "run"), plan)
+
+
+def test_atomic_writes_leave_no_temporary_and_keep_the_old_file_on_failure(tmp_path):
+    from ocr_tf.files import file_sha256, write_atomic, write_json_atomic
+
+    path = tmp_path / "report.json"
+    write_json_atomic(str(path), {"a": 1})
+    assert json.loads(path.read_text()) == {"a": 1}
+
+    class Boom:  # json.dumps fails before anything is written
+        pass
+
+    with pytest.raises(TypeError):
+        write_json_atomic(str(path), {"a": Boom()})
+    assert json.loads(path.read_text()) == {"a": 1}
+    write_atomic(str(path), b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01" and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * 9000)  # > one 1 MiB block
+    assert file_sha256(str(big)) == hashlib.sha256(big.read_bytes()).hexdigest()

@@ -25,6 +25,7 @@ from PIL import Image
 
 from ocr_tf.data.images import encode_png, sniff_format  # noqa: F401 (part of this module's API)
 from ocr_tf.errors import UserError
+from ocr_tf.files import write_json_atomic
 
 IMAGE_KEY = "image/encoded"
 IMAGE_FORMAT_KEY = "image/format"
@@ -128,12 +129,6 @@ def shard_name(split, index, num_shards):
 def info_path(out_dir, split):
     return os.path.join(out_dir, f"{split}-info.json")
 
-
-def write_json_atomic(path, obj):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 class ShardedWriter:

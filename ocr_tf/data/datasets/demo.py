@@ -20,6 +20,7 @@ import tempfile
 import numpy as np
 
 from ocr_tf.data.datasets.base import IGNORE_LABEL, DatasetInfo
+from ocr_tf.files import cache_root
 
 VERSION = 2  # 2: a few validation images as PNGs, for predict after the quick start
 HEIGHT, WIDTH = 96, 128
@@ -44,8 +45,7 @@ STRIPES = (np.array([240, 200, 40], np.float32), np.array([40, 40, 160], np.floa
 
 
 def default_cache_dir():
-    root = os.environ.get("OCR_TF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ocr_tf")
-    return os.path.join(root, "demo")
+    return os.path.join(cache_root(), "demo")
 
 
 def _rect(h0, w0, h1, w1):
