@@ -10,9 +10,10 @@ checkpoints) whose `call` uses that op on the TensorFlow backend for 4-D channel
 everything else (JAX, PyTorch, synchronized BatchNorm, masks, renorm, other ranks) is Keras'
 own code.
 
-One difference, on purpose: the moving variance moves with the unbiased batch variance
-(n / (n - 1), what the fused op returns), as PyTorch's `running_var` does, where Keras moves it
-with the biased one. Normalisation itself uses the biased variance in both, as in PyTorch.
+The moving variance moves with the biased batch variance, as Keras' code does (the fused op
+returns the unbiased one; it is scaled back by (n - 1) / n), so that TensorFlow, JAX, PyTorch and
+synchronized BatchNorm keep one set of statistics for the same batches. (PyTorch's `running_var`
+moves with the unbiased one: see ANCHORS.md.)
 """
 
 import keras
@@ -58,6 +59,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
                 x=x, scale=gamma, offset=beta, mean=empty, variance=empty,
                 epsilon=self.epsilon, is_training=True, data_format="NHWC",
             )[:3]
+            n = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)  # values per channel
+            variance = variance * tf.maximum(n - 1.0, 0.0) / n  # unbiased -> biased, as Keras
             m = self.momentum
             self.moving_mean.assign(self.moving_mean * m + tf.cast(mean, self.moving_mean.dtype) * (1.0 - m))
             self.moving_variance.assign(
