@@ -11,6 +11,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import tempfile
 
 import keras
 import numpy as np
@@ -64,6 +65,10 @@ def child_env(backend, case_dir):
         # 2 host devices for DataParallel; XLA compiles every new shape (initializers, eager ops,
         # predict) and these programs are tiny: optimisation level 0 halves the run (checks unchanged).
         env["JAX_PLATFORMS"] = "cpu"
+        # ... and a persistent compilation cache: a second run on this machine compiles nothing again
+        env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "ocr_tf_tests_jax_cache"))
+        env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
                             " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true").strip()
     return env
