@@ -5,7 +5,8 @@
 Prints one JSON line: backend, demo train step (hrnet_tiny_ocr with the demo config's widths,
 batch 8 of 96x128, SegmentationTrainer + SGD + PolyLR through `fit`, mean over the second epoch)
 and W48 inference (hrnet_w48_ocr, K=19, `predict` on 1 x --height x --width, median of --runs
-after one warm-up call). Random data: speed only.
+after one warm-up call; the build and warm-up times are printed as partial lines as they finish).
+Random data: speed only.
 """
 
 import argparse
@@ -35,11 +36,16 @@ def demo_train_step(steps):
     return (time.perf_counter() - start) / steps
 
 
-def w48_inference(height, width, runs):
-    """Median seconds of `predict` on one image, after a warm-up (compile) call."""
+def w48_inference(height, width, runs, report):
+    """Median seconds of `predict` on one image, after a warm-up (compile) call; `report(key,
+    seconds)` gets the build and warm-up times as they finish (JAX compiles for minutes)."""
+    start = time.perf_counter()
     model = build_model("hrnet_w48_ocr", 19)
+    report("w48_build_s", time.perf_counter() - start)
     x = np.random.default_rng(0).normal(size=(1, height, width, 3)).astype(np.float32)
+    start = time.perf_counter()
     model.predict(x, verbose=0)
+    report(f"w48_first_predict_1x{height}x{width}_s", time.perf_counter() - start)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
@@ -55,8 +61,14 @@ def main():
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--runs", type=int, default=3)
     args = p.parse_args()
-    result = {"backend": keras.backend.backend(), "demo_train_step_s": round(demo_train_step(args.steps), 3)}
-    result[f"w48_predict_1x{args.height}x{args.width}_s"] = round(w48_inference(args.height, args.width, args.runs), 3)
+    result = {"backend": keras.backend.backend()}
+
+    def report(key, seconds):  # a partial line as each number is known, the whole one at the end
+        result[key] = round(seconds, 3)
+        print(json.dumps({"partial": True, key: result[key]}), flush=True)
+
+    report("demo_train_step_s", demo_train_step(args.steps))
+    result[f"w48_predict_1x{args.height}x{args.width}_s"] = round(w48_inference(args.height, args.width, args.runs, report), 3)
     print(json.dumps(result))
 
 

@@ -245,6 +245,8 @@ def sample_images(val_pattern, num_classes, count, ignore_label):
 
 def evaluate(network, cfg, info):
     """Whole-image evaluation of `network` on the validation set -> miou_from_confusion dict."""
+    import keras
+    import numpy as np
     import tensorflow as tf
     from tqdm import tqdm
 
@@ -258,14 +260,29 @@ def evaluate(network, cfg, info):
 
     from ocr_tf.layers.mscale import is_mscale, mscale_predict
 
-    @tf.function(reduce_retracing=True)
-    def predict(x):
-        if is_mscale(network):  # the scale list NVIDIA's training validates with
-            return tf.argmax(mscale_predict(network, x, (0.5, 1.0)), axis=-1, output_type=tf.int32)
-        return logits_to_labels(network(x, training=False)["logits"], tf.shape(x)[1:3], align_corners(cfg))
+    if keras.backend.backend() == "tensorflow":
+
+        @tf.function(reduce_retracing=True)
+        def predict(x):
+            if is_mscale(network):  # the scale list NVIDIA's training validates with
+                return tf.argmax(mscale_predict(network, x, (0.5, 1.0)), axis=-1, output_type=tf.int32)
+            return logits_to_labels(network(x, training=False)["logits"], tf.shape(x)[1:3], align_corners(cfg))
+
+    else:  # JAX / PyTorch: the same, eagerly in keras.ops (a tf.function traces TensorFlow only)
+        from keras import ops
+
+        from ocr_tf.layers import resize_bilinear
+
+        def predict(x):
+            x = ops.convert_to_tensor(x.numpy())
+            if is_mscale(network):
+                logits = mscale_predict(network, x, (0.5, 1.0))
+            else:
+                logits = resize_bilinear(network(x, training=False)["logits"], tuple(x.shape[1:3]), align_corners(cfg))
+            return ops.convert_to_numpy(ops.argmax(logits, axis=-1))
 
     for x, y in tqdm(ds, total=count_records(d.val), desc="evaluate", unit="img", leave=False):
-        cm.update(y.numpy(), predict(x).numpy())
+        cm.update(y.numpy(), np.asarray(predict(x)))
     return cm.result(list(info.class_names))
 
 
@@ -351,7 +368,8 @@ def run(cfg, log=print, new_run=False):
             BestCheckpoint(network, ckpt_dir, resume=step > 0, run_id=plan.run_id),
             keras.callbacks.CSVLogger(csv_path, append=True),
             keras.callbacks.TensorBoard(log_dir, update_freq="epoch", write_graph=False),
-            TensorBoardExtras(log_dir, network, images, labels, info.palette, cfg.data.ignore_label, align_corners(cfg)),
+            TensorBoardExtras(log_dir, network if keras.backend.backend() == "tensorflow" else _numpy_logits(network),
+                              images, labels, info.palette, cfg.data.ignore_label, align_corners(cfg)),
         ]
     verbose = t.verbose if chief else 0
     with naming_damaged_shards(data_files):  # "corrupted record at 0" -> which shard
@@ -399,6 +417,18 @@ def run(cfg, log=print, new_run=False):
     runs.finish(run_dir, {k: summary[k] for k in ("best", "miou", "checkpoint", "keras_model", "exports", "steps")
                           if k in summary})
     return summary
+
+
+def _numpy_logits(network):
+    """`network` as TensorBoardExtras calls it, returning NumPy logits (JAX / PyTorch): its overlays
+    are drawn with TensorFlow ops, which refuse a PyTorch tensor that tracks gradients."""
+
+    def call(images, training=False):
+        import keras
+
+        return {"logits": keras.ops.convert_to_numpy(network(images, training=training)["logits"])}
+
+    return call
 
 
 def align_corners(cfg):
@@ -451,6 +481,13 @@ def export(network, cfg, info, log=print):
     out = cfg.output
     if not out.export_dir:
         return {}
+    import keras
+
+    if keras.backend.backend() != "tensorflow":  # SavedModel / TFLite are TensorFlow graphs
+        keras_model = os.path.join(cfg.output.dir, "checkpoints", "best.keras")
+        return {"saved_model": f"skipped: SavedModel/TFLite export needs the TensorFlow backend (this run used {keras.backend.backend()}): "
+                               f"KERAS_BACKEND=tensorflow python -m ocr_tf.export --weights {keras_model} "
+                               f"--format saved_model --output {os.path.join(out.export_dir, 'saved_model')}"}
     try:
         from ocr_tf.export import export_saved_model, export_tflite
     except ImportError as e:

@@ -70,20 +70,37 @@ def test_ocr_equations_match_numpy():
     assert rel_err(out["aux_logits"], aux) < 1e-5 and rel_err(out["logits"], logits) < 1e-5
 
 
+def _errors_of_saved_models(folder, expected_names):
+    """{name: largest error relative to TensorFlow's outputs} of every <name>.keras in `folder`,
+    loaded and run (`predict`) on this backend; the names must be `expected_names`."""
+    names = sorted(os.path.basename(p)[: -len(".keras")] for p in glob.glob(os.path.join(folder, "*.keras")))
+    assert names == sorted(expected_names)
+    errors = {}
+    for name in names:
+        model = keras.models.load_model(os.path.join(folder, f"{name}.keras"))
+        with np.load(os.path.join(folder, f"{name}.npz")) as data:
+            xs = [data[f"x{i}"] for i in range(len(model.inputs))]
+            out = model.predict(xs if len(xs) > 1 else xs[0], verbose=0)
+            assert all(tuple(out[k].shape) == data[k].shape for k in ("logits", "aux_logits")), name
+            errors[name] = max(rel_err(out[k], data[k]) for k in ("logits", "aux_logits"))
+    return errors
+
+
 def test_every_head_loads_from_tensorflows_keras_file_and_gives_its_outputs():
     """Serialization round trip across backends, for every head family (cases.head_models)."""
     import ocr_tf.layers.ablations  # noqa: F401  (registers the heads' classes for loading)
     import ocr_tf.layers.context  # noqa: F401
 
-    names = sorted(os.path.basename(p)[: -len(".keras")] for p in glob.glob(os.path.join(CASES, "*.keras")))
-    assert names == sorted(cases.HEAD_NAMES)
-    errors = {}
-    for name in names:
-        model = keras.models.load_model(os.path.join(CASES, f"{name}.keras"))
-        with np.load(os.path.join(CASES, f"{name}.npz")) as data:
-            xs = [data[f"x{i}"] for i in range(len(model.inputs))]
-            out = model.predict(xs if len(xs) > 1 else xs[0], verbose=0)
-            errors[name] = max(rel_err(out[k], data[k]) for k in ("logits", "aux_logits"))
+    errors = _errors_of_saved_models(CASES, cases.HEAD_NAMES)
+    assert max(errors.values()) < 1e-5, errors
+
+
+def test_resnet_and_mobilenet_models_load_from_tensorflows_keras_file_and_give_its_outputs():
+    """The registry's dilated ResNet-50 + OCR ([OS]) and MobileNetV2 + OCR / FCN (the phone
+    models), saved on TensorFlow with random weights and BatchNorm statistics, on this backend."""
+    import ocr_tf.models  # noqa: F401  (registers FCNHead, CaffeInput, ...)
+
+    errors = _errors_of_saved_models(os.path.join(CASES, "models"), cases.BACKBONE_MODELS)
     assert max(errors.values()) < 1e-5, errors
 
 
