@@ -97,6 +97,18 @@ def test_a_real_command_prints_no_tensorflow_start_up_noise(files):
                      "folder or a .weights.h5 file)."], proc.stderr
 
 
+def test_tensorflow_only_commands_name_the_backend_on_another_one(files):
+    """predict / evaluate / export run TensorFlow graphs: on JAX they stop with one line saying how
+    to run them (before: a NotImplementedError traceback from tf.function)."""
+    env = dict(ENV, KERAS_BACKEND="jax")
+    proc = subprocess.run([sys.executable, "-m", "ocr_tf.predict", str(files / "img.png"), "--weights",
+                           str(files / "model.keras")], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["error: python -m ocr_tf.predict needs the TensorFlow backend (KERAS_BACKEND is jax): run it "
+                     "with KERAS_BACKEND=tensorflow; a .keras model trained on jax loads there unchanged"], proc.stderr
+
+
 @pytest.mark.parametrize("verb", ["train", "evaluate", "predict", "export"])
 def test_help_does_not_import_tensorflow(verb):
     proc = run_cli("-X", "importtime", "-m", f"ocr_tf.{verb}", "--help", timeout=120)

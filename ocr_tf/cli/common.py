@@ -116,6 +116,19 @@ def command(build_parser):
     return wrap
 
 
+def require_tensorflow_backend(verb):
+    """evaluate, predict and export run TensorFlow graphs (tf.function, tf.data, SavedModel,
+    TFLite): on another Keras backend, stop with one line saying how to run them."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        fail(
+            f"python -m ocr_tf.{verb} needs the TensorFlow backend (KERAS_BACKEND is {backend}): run it with "
+            f"KERAS_BACKEND=tensorflow; a .keras model trained on {backend} loads there unchanged"
+        )
+
+
 def fail(message):
     """Stop the command with a user error (exit 2, one line)."""
     raise UserError(message)

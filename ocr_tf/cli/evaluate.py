@@ -2,7 +2,7 @@
 
 import argparse
 
-from ocr_tf.cli.common import add_inference_arguments, add_model_arguments, command, fail, inference_options, positive_int
+from ocr_tf.cli.common import add_inference_arguments, add_model_arguments, command, fail, inference_options, positive_int, require_tensorflow_backend
 
 LABEL_FORMATS = ("raw", "trainids")  # ocr_tf.evaluate.LABEL_FORMATS
 
@@ -49,6 +49,7 @@ def _from_config(args):
 
 @command(build_parser)
 def main(args):
+    require_tensorflow_backend("evaluate")
     from ocr_tf.evaluate import evaluate_model, markdown_table, score_folders, write_report
 
     if args.predictions or args.ground_truth:

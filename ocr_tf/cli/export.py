@@ -4,7 +4,7 @@ import argparse
 import os
 import sys
 
-from ocr_tf.cli.common import add_model_arguments, command, fail, positive_int, size
+from ocr_tf.cli.common import add_model_arguments, command, fail, positive_int, size, require_tensorflow_backend
 
 FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8", "int8_full")  # ocr_tf.export.QUANTIZE_MODES
@@ -84,6 +84,7 @@ def model_stem(segmenter):
 
 @command(build_parser)
 def main(args):
+    require_tensorflow_backend("export")
     if args.version is not None and args.format != "saved_model":
         fail("--version applies to --format saved_model only.")
     if args.weights is None:

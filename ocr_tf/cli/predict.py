@@ -3,7 +3,7 @@
 import argparse
 import os
 
-from ocr_tf.cli.common import add_inference_arguments, add_model_arguments, command, fail, inference_options
+from ocr_tf.cli.common import add_inference_arguments, add_model_arguments, command, fail, inference_options, require_tensorflow_backend
 
 
 def build_parser():
@@ -30,6 +30,7 @@ def build_parser():
 
 @command(build_parser)
 def main(args):
+    require_tensorflow_backend("predict")
     if not 0.0 <= args.alpha <= 1.0:
         fail(f"--alpha must be in [0, 1], got {args.alpha}.")
     options = inference_options(args)

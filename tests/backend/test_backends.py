@@ -80,7 +80,8 @@ def test_backend_matches_tensorflow_numpy_and_the_official_fixture(backend, case
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed (pip install -e '.[{backend}]')")
     env = child_env(backend, case_dir)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.join(HERE, "backend_checks.py")]
+    # "-n 0": one process (the suite runs under pytest-xdist; this child needs its 2 JAX devices itself)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", os.path.join(HERE, "backend_checks.py")]
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, f"{backend} checks failed:\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
     assert " passed" in run.stdout and " failed" not in run.stdout, run.stdout[-2000:]
