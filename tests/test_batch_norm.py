@@ -94,7 +94,9 @@ def test_synchronized_and_frozen_batch_norm_keep_keras_semantics():
     gamma, beta, mean, var = [w.astype(np.float64) for w in frozen.get_weights()]
     y = frozen(tf.constant(x), training=True).numpy()
     assert rel(y, (x - mean) / np.sqrt(var + EPS) * gamma + beta) < 1e-5
-    assert not batch_norm._fused_applies(FusedBatchNormalization(synchronized=True), tf.zeros((1, 2, 2, 3)), None)
+    assert not batch_norm._fused_applies(FusedBatchNormalization(synchronized=True), tf.zeros((1, 2, 2, 3)), None, True)
+    assert batch_norm._fused_applies(FusedBatchNormalization(), tf.zeros((1, 2, 2, 3)), None, True)
+    assert not batch_norm._fused_applies(FusedBatchNormalization(), tf.zeros((1, 2, 2, 3)), None, False)
 
 
 def test_config_round_trip_is_the_keras_layer():

@@ -6,9 +6,9 @@ forwards and backwards, and inference graphs keep a multiply-add that grappler c
 the conv. TensorFlow has one op for all of it (`FusedBatchNormV3`, with its own gradient kernel
 and a Conv2D + FusedBatchNorm + ReLU fusion in inference graphs); Keras 2 used it, Keras 3 does
 not. This layer is `keras.layers.BatchNormalization` (same weights, names, config and
-checkpoints) whose `call` uses that op on the TensorFlow backend for 4-D channels-last inputs;
-everything else (JAX, PyTorch, synchronized BatchNorm, masks, renorm, other ranks) is Keras'
-own code.
+checkpoints) whose `call` uses that op when training on the TensorFlow backend with 4-D
+channels-last inputs; everything else (inference, JAX, PyTorch, synchronized BatchNorm, masks,
+renorm, other ranks) is Keras' own code.
 
 The moving variance moves with the biased batch variance, as Keras' code does (the fused op
 returns the unbiased one; it is scaled back by (n - 1) / n), so that TensorFlow, JAX, PyTorch and
@@ -22,8 +22,11 @@ import keras
 USE_FUSED = [True]
 
 
-def _fused_applies(layer, inputs, mask):
-    if not USE_FUSED[0] or keras.backend.backend() != "tensorflow":
+def _fused_applies(layer, inputs, mask, training):
+    # Training only: in inference the fused op measured no faster (BENCHMARKS.md, issue 13), and
+    # grappler would fuse it into the preceding conv in graphs but not eagerly, so a graph and an
+    # eager call would round differently.
+    if not USE_FUSED[0] or not (training and layer.trainable) or keras.backend.backend() != "tensorflow":
         return False
     if mask is not None or layer.synchronized or layer.renorm:
         return False
@@ -43,7 +46,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     """
 
     def call(self, inputs, training=None, mask=None):
-        if not _fused_applies(self, inputs, mask):
+        if not _fused_applies(self, inputs, mask, training):
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf  # the branch above is taken on the TensorFlow backend only
 
@@ -53,23 +56,16 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             x = tf.cast(x, tf.float32)
         gamma = tf.cast(self.gamma, tf.float32)
         beta = tf.cast(self.beta, tf.float32)
-        if training and self.trainable:
-            empty = tf.constant([], tf.float32)
-            y, mean, variance = tf.raw_ops.FusedBatchNormV3(
-                x=x, scale=gamma, offset=beta, mean=empty, variance=empty,
-                epsilon=self.epsilon, is_training=True, data_format="NHWC",
-            )[:3]
-            n = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)  # values per channel
-            variance = variance * tf.maximum(n - 1.0, 0.0) / n  # unbiased -> biased, as Keras
-            m = self.momentum
-            self.moving_mean.assign(self.moving_mean * m + tf.cast(mean, self.moving_mean.dtype) * (1.0 - m))
-            self.moving_variance.assign(
-                self.moving_variance * m + tf.cast(variance, self.moving_variance.dtype) * (1.0 - m)
-            )
-        else:
-            y = tf.raw_ops.FusedBatchNormV3(
-                x=x, scale=gamma, offset=beta,
-                mean=tf.cast(self.moving_mean, tf.float32), variance=tf.cast(self.moving_variance, tf.float32),
-                epsilon=self.epsilon, is_training=False, data_format="NHWC",
-            )[0]
+        empty = tf.constant([], tf.float32)
+        y, mean, variance = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=gamma, offset=beta, mean=empty, variance=empty,
+            epsilon=self.epsilon, is_training=True, data_format="NHWC",
+        )[:3]
+        n = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)  # values per channel
+        variance = variance * tf.maximum(n - 1.0, 0.0) / n  # unbiased -> biased, as Keras
+        m = self.momentum
+        self.moving_mean.assign(self.moving_mean * m + tf.cast(mean, self.moving_mean.dtype) * (1.0 - m))
+        self.moving_variance.assign(
+            self.moving_variance * m + tf.cast(variance, self.moving_variance.dtype) * (1.0 - m)
+        )
         return tf.cast(y, self.compute_dtype)
