@@ -20,12 +20,16 @@ ABLATIONS = ("ocr_unsupervised_regions", "ocr_da_relation", "ocr_acf_relation", 
 HEAD_NAMES = ("ocr_hrnet", "ocr_openseg", "ocr_shared_stem", "ocr_scale2", *CONTEXT_WIDTHS, *ABLATIONS)
 # Whole registered models for the backbones HRNet's fixture does not cover, at their smallest:
 # the registry has no ResNet width override, so ResNet-50 (dilated, output stride 8, keras stem
-# with CaffeInput) at a 32x32 image; MobileNetV2 at alpha 0.35 with the phone OCR head and FCN.
+# with CaffeInput) at a 32x32 image; MobileNetV2 at alpha 0.35 with the phone OCR head and FCN;
+# the multi-scale attention model on the tiny HRNet.
 IMAGE = (32, 32)
 BACKBONE_MODELS = {
     "resnet50_ocr": dict(mid_channels=MID, key_channels=KEY),
     "mobilenetv2_ocr": dict(alpha=0.35, mid_channels=MID, key_channels=KEY),
     "mobilenetv2_fcn": dict(alpha=0.35, mid_channels=MID),
+    # NVIDIA's hierarchical multi-scale attention on the tiny HRNet (one scale per call: the
+    # network returns the logits and the attention that the merge across scales uses)
+    "hrnet_tiny_mscale_ocr": dict(mid_channels=MID, key_channels=KEY, attn_channels=KEY),
 }
 
 
