@@ -32,49 +32,33 @@ def main(argv=None):
     a = p.parse_args(argv)
 
     import keras
-    import numpy as np
-    import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(a.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(a.threads)
+    from profile_train_step import make_step, set_threads  # the same step, profiled there
+
+    set_threads(a.threads)
     from ocr_tf.layers import batch_norm
-
-    def set_variant(v):  # read when a variant's graph is traced (its first call)
-        batch_norm.USE_FUSED[0] = v != "keras_bn"
-    from ocr_tf.losses import SegmentationLoss
     from ocr_tf.models import build_model
-    from ocr_tf.training_model import SegmentationTrainer
 
-    k = 19
     overrides = {kv.split("=")[0]: int(kv.split("=")[1]) for kv in a.set}
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(a.batch, *a.size, 3)).astype(np.float32)
-    y = rng.integers(0, k, size=(a.batch, *a.size)).astype(np.int32)
-    trainers = {}
+    steps = {}
     for v in a.variants:
-        set_variant(v)
+        batch_norm.USE_FUSED[0] = v != "keras_bn"  # read when the variant's graph is traced (its first call)
         keras.utils.set_random_seed(0)
-        net = build_model(a.model, k, **overrides)
-        if a.mode == "infer":
-            if v == "folded_bn":
-                from ocr_tf.fold_bn import fold_batch_norm
+        net = build_model(a.model, 19, **overrides)
+        if v == "folded_bn":
+            from ocr_tf.fold_bn import fold_batch_norm
 
-                net = fold_batch_norm(net)
-            fn = tf.function(lambda t, net=net: net(t, training=False)["logits"], autograph=False)
-            t = type("Infer", (), {"train_on_batch": staticmethod(lambda x, y, fn=fn: fn(tf.constant(x)).numpy())})
-        else:
-            t = SegmentationTrainer(net, SegmentationLoss(k, 255, aux_weight=0.4), k, 255)
-            t.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=False)
+            net = fold_batch_norm(net)
+        steps[v] = make_step(net, a.mode, a.batch, a.size)
         t0 = time.perf_counter()
-        t.train_on_batch(x, y)  # trace + first step
+        steps[v]()  # trace + first step
         print(f"{v}: first step {time.perf_counter() - t0:.1f} s", flush=True)
-        trainers[v] = t
     times = {v: [] for v in a.variants}
     for r in range(a.rounds):
         order = a.variants if r % 2 == 0 else a.variants[::-1]
         for v in order:
             c0, w0 = time.process_time(), time.perf_counter()
-            trainers[v].train_on_batch(x, y)
+            steps[v]()
             times[v].append((time.process_time() - c0, time.perf_counter() - w0))
     base = statistics.median(c for c, _ in times[a.variants[0]])
     for v in a.variants:

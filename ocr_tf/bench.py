@@ -406,7 +406,6 @@ def print_report(result, stream=sys.stdout):
             print(f"  {goal.replace('_', ' ')}: {'met' if ok else 'not met on this machine'}", file=stream)
 
 
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m ocr_tf.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -32,7 +32,6 @@ def _atomic_save_weights(model, path):
     os.replace(tmp, path)
 
 
-
 class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
     """BackupAndRestore with atomic saves, the step in the metadata, and explicit `restore()`.
 

@@ -140,7 +140,6 @@ def _check_class_names(model, class_names):
     return class_names
 
 
-
 def _write_labels(path, class_names):
     """One class name per line, line i = class id i, written atomically."""
     tmp = f"{path}.tmp-{os.getpid()}"

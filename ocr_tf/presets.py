@@ -284,7 +284,6 @@ def preset_of_file(file_name):
     return next((s for s in _PRESETS.values() if s.file_name == os.path.basename(file_name)), None)
 
 
-
 def require_torch(what):
     """Import torch or say which extra installs it (one line)."""
     try:

@@ -35,7 +35,6 @@ def _now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-
 def read_state(run_dir):
     """The run's `run.json` as a dict, {} when there is none."""
     path = os.path.join(run_dir, STATE_FILE)
@@ -168,7 +167,6 @@ def describe_finished(run_dir, state):
 
 
 # ------------------------------------------------------------------------------ the best set
-
 
 
 def write_best_manifest(ckpt_dir, info, run_id, names=("best.weights.h5",)):

@@ -49,8 +49,6 @@ FEATURES = {
 log = logging.getLogger(__name__)
 
 
-
-
 class RecordError(UserError):
     """A record or shard that cannot be used; the message names the file, record and values."""
 
@@ -128,7 +126,6 @@ def shard_name(split, index, num_shards):
 
 def info_path(out_dir, split):
     return os.path.join(out_dir, f"{split}-info.json")
-
 
 
 class ShardedWriter:

@@ -2,10 +2,8 @@
 
 Keras 3's `BatchNormalization` computes batch statistics with `ops.moments` and normalises with
 elementwise ops, so on TensorFlow a training step makes several passes over every feature map
-forwards and backwards, and inference graphs keep a multiply-add that grappler cannot fuse into
-the conv. TensorFlow has one op for all of it (`FusedBatchNormV3`, with its own gradient kernel
-and a Conv2D + FusedBatchNorm + ReLU fusion in inference graphs); Keras 2 used it, Keras 3 does
-not. This layer is `keras.layers.BatchNormalization` (same weights, names, config and
+forwards and backwards. TensorFlow has one op for it (`FusedBatchNormV3`, with its own gradient
+kernel); Keras 2 used it, Keras 3 does not. This layer is `keras.layers.BatchNormalization` (same weights, names, config and
 checkpoints) whose `call` uses that op when training on the TensorFlow backend with 4-D
 channels-last inputs; everything else (inference, JAX, PyTorch, synchronized BatchNorm, masks,
 renorm, other ranks) is Keras' own code.
