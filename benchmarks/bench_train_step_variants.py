@@ -2,10 +2,11 @@
 `SegmentationTrainer.train_on_batch`, variants alternating, process CPU time and wall per step.
 
     taskset -c 0 python benchmarks/bench_train_step_variants.py --model hrnet_w48_ocr --size 256 512 \
-        --rounds 3 --variants keras_bn fused_bn
+        --rounds 3 --variants fused_bn default
 
 Variants: keras_bn (Keras' BatchNormalization code), fused_bn (ocr_tf's FusedBatchNormalization on
-TensorFlow's FusedBatchNormV3, the default), and with --mode infer folded_bn (`fold_batch_norm`
+TensorFlow's FusedBatchNormV3, with TensorFlow's own conv gradients), default (what ocr_tf runs:
+fused BatchNorm and the 3x3 conv gradients of `ocr_tf/layers/conv_grad.py` where they apply), and with --mode infer folded_bn (`fold_batch_norm`
 rebuilds the network with BatchNorm folded into the convs). Each variant is traced once into its own trainer; one thread.
 """
 
@@ -25,7 +26,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--variants", nargs="+", default=["keras_bn", "fused_bn"])
+    p.add_argument("--variants", nargs="+", default=["fused_bn", "default"],
+                   choices=("keras_bn", "fused_bn", "default", "folded_bn"))
     p.add_argument("--set", nargs="*", default=[], help="model overrides key=int")
     p.add_argument("--mode", choices=("train", "infer"), default="train",
                    help="infer: a tf.function of network(x, training=False) (variant folded_bn: fold_batch_norm)")
@@ -36,13 +38,15 @@ def main(argv=None):
     from profile_train_step import make_step, set_threads  # the same step, profiled there
 
     set_threads(a.threads)
-    from ocr_tf.layers import batch_norm
+    from ocr_tf.layers import batch_norm, conv_grad
     from ocr_tf.models import build_model
 
     overrides = {kv.split("=")[0]: int(kv.split("=")[1]) for kv in a.set}
     steps = {}
     for v in a.variants:
-        batch_norm.USE_FUSED[0] = v != "keras_bn"  # read when the variant's graph is traced (its first call)
+        # Read when the variant's graph is traced (its first call).
+        batch_norm.USE_FUSED[0] = v != "keras_bn"
+        conv_grad.ENABLED[0] = v == "default"
         keras.utils.set_random_seed(0)
         net = build_model(a.model, 19, **overrides)
         if v == "folded_bn":
