@@ -1,6 +1,6 @@
-"""The 3x3 conv with rewritten gradients (issue 13, `ocr_tf/layers/conv_grad.py`): a speed change,
-so its forward must be Keras' conv bit for bit and its gradients TensorFlow's and a float64 NumPy
-reference's; the rule that picks it must pick it only where it was measured faster."""
+"""The stride-1 3x3 and 1x1 convs with rewritten gradients (issue 13, `ocr_tf/layers/conv_grad.py`):
+a speed change, so the forward must be Keras' conv bit for bit and the gradients TensorFlow's and a
+float64 NumPy reference's; the rule that picks them must pick them only where they measured faster."""
 
 import keras
 import numpy as np
@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from ocr_tf.layers import ConvBN, conv_grad
-from ocr_tf.layers.conv_grad import conv3x3_valid, fast_gradients_apply
+from ocr_tf.layers.conv_grad import conv1x1_valid, conv3x3_valid, fast_gradients_apply
 
 
 def rel(a, b):
@@ -54,13 +54,31 @@ def test_conv3x3_valid_forward_is_keras_and_gradients_match_numpy_and_tensorflow
     assert rel(ours_dx, tf_dx) < 1e-6 and rel(ours_dk, tf_dk) < 1e-6
 
 
+def test_conv1x1_valid_forward_is_keras_and_gradients_match_numpy_and_tensorflow():
+    rng = np.random.default_rng(5)
+    x = tf.constant(rng.normal(size=(2, 6, 9, 5)).astype(np.float32))
+    k = tf.constant(rng.normal(size=(1, 1, 5, 3)).astype(np.float32))
+    dy = tf.constant(rng.normal(size=(2, 6, 9, 3)).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, k])
+        ours = conv1x1_valid(x, k)
+        theirs = tf.nn.convolution(x, k, padding="VALID")
+    ours_dx, ours_dk = tape.gradient(ours, [x, k], output_gradients=dy)
+    tf_dx, tf_dk = tape.gradient(theirs, [x, k], output_gradients=dy)
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    x64, k64, dy64 = (np.asarray(v, np.float64) for v in (x, k, dy))
+    assert rel(ours_dx, np.einsum("nhwo,co->nhwc", dy64, k64[0, 0])) < 1e-6
+    assert rel(ours_dk[0, 0], np.einsum("nhwc,nhwo->co", x64, dy64)) < 1e-6
+    assert rel(ours_dx, tf_dx) < 1e-6 and rel(ours_dk, tf_dk) < 1e-6
+
+
 def built_conv(kernel_size=3, strides=1, dilation_rate=1, shape=(1, 98, 98, 4)):
     conv = keras.layers.Conv2D(4, kernel_size, strides=strides, dilation_rate=dilation_rate, padding="valid")
     conv.build(shape)
     return conv
 
 
-def test_rule_takes_only_3x3_stride1_training_convs_on_large_maps(monkeypatch):
+def test_rule_takes_stride1_1x1_convs_and_3x3_convs_on_large_maps_in_training(monkeypatch):
     monkeypatch.setattr(conv_grad, "tensorflow_uses_onednn", lambda: False)
     big = (1, 98, 98, 4)  # 96 x 96 = 9216 output pixels >= MIN_PIXELS
     assert fast_gradients_apply(built_conv(), big, training=True)
@@ -68,7 +86,9 @@ def test_rule_takes_only_3x3_stride1_training_convs_on_large_maps(monkeypatch):
     assert not fast_gradients_apply(built_conv(), big, training=None)
     assert not fast_gradients_apply(built_conv(strides=2), big, training=True)
     assert not fast_gradients_apply(built_conv(dilation_rate=2), big, training=True)
-    assert not fast_gradients_apply(built_conv(kernel_size=1), big, training=True)
+    assert fast_gradients_apply(built_conv(kernel_size=1), (1, 8, 8, 4), training=True)  # 1x1: any size
+    assert not fast_gradients_apply(built_conv(kernel_size=1, strides=2), big, training=True)
+    assert not fast_gradients_apply(built_conv(kernel_size=5), big, training=True)
     assert not fast_gradients_apply(built_conv(), (1, 90, 90, 4), training=True)  # 88 x 88 < 8192
     assert not fast_gradients_apply(built_conv(), (1, None, 98, 4), training=True)  # unknown size
     monkeypatch.setattr(conv_grad, "tensorflow_has_accelerator", lambda: True)
@@ -104,12 +124,12 @@ def convbn_step(layer, x):
     return y.numpy(), [g.numpy() for g in grads], ops
 
 
-@pytest.mark.parametrize("use_bias", [False, True])
-def test_convbn_training_step_equals_tensorflow_gradients(use_bias, monkeypatch):
+@pytest.mark.parametrize("kernel_size,use_bias", [(3, False), (3, True), (1, False)])
+def test_convbn_training_step_equals_tensorflow_gradients(kernel_size, use_bias, monkeypatch):
     monkeypatch.setattr(conv_grad, "tensorflow_uses_onednn", lambda: False)
     x = tf.constant(np.random.default_rng(1).normal(size=(2, 96, 96, 6)).astype(np.float32))
     keras.utils.set_random_seed(0)
-    layer = ConvBN(5, 3, use_bias=use_bias)
+    layer = ConvBN(5, kernel_size, use_bias=use_bias)
     layer.build(x.shape)
     weights = layer.get_weights()
 
@@ -173,9 +193,10 @@ def test_bfloat16_gradients_are_within_bfloat16_rounding(shape):
 
 
 def test_whole_network_gradients_equal_tensorflow_gradients(monkeypatch):
-    """Every 3x3 stride-1 ConvBN of a tiny HRNet-OCR (stem, bottlenecks, branches, fuse layers,
-    OCR head) through the rewritten gradients (MIN_PIXELS lowered so the small test image takes
-    them): every weight's gradient of the training loss equals TensorFlow's own."""
+    """Every stride-1 ConvBN of a tiny HRNet-OCR (stem, bottlenecks, branches, fuse layers, the
+    OCR head's 1x1 and 3x3 convs) through the rewritten gradients (MIN_PIXELS lowered so the small
+    test image takes them): every weight's gradient of the training loss equals TensorFlow's own."""
+    from ocr_tf.fold_bn import conv_bn_layers
     from ocr_tf.losses import SegmentationLoss
     from ocr_tf.models import build_model
 
@@ -208,11 +229,9 @@ def test_whole_network_gradients_equal_tensorflow_gradients(monkeypatch):
         _, loss_tf, g_tf, _ = grads()
     finally:
         conv_grad.ENABLED[0] = True
-    n_conv3x3 = sum(
-        1 for layer in net._flatten_layers() if isinstance(layer, ConvBN) and layer.kernel_size == 3 and layer.strides == 1
-    )
-    assert n_conv3x3 > 10
-    assert "Conv2DBackpropFilter" in ops_fast  # 1x1 and stride-2 convs keep TensorFlow's gradients
+    convbns = [layer for layer in conv_bn_layers(net) if layer.strides == 1]
+    assert sum(layer.kernel_size == 3 for layer in convbns) > 10 and sum(layer.kernel_size == 1 for layer in convbns) > 5
+    assert "Conv2DBackpropFilter" in ops_fast  # stride-2 convs and plain Conv2D layers keep TF's gradients
     assert loss_fast == loss_tf  # the forward is unchanged
     worst = max(rel(a, b) for a, b in zip(g_fast, g_tf))
     assert worst < 1e-4, worst
