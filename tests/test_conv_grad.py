@@ -30,6 +30,14 @@ def numpy_conv3x3_valid_and_grads(x, k, dy):
     return y, dx, dk
 
 
+def ours_and_tensorflows(conv, x, k, dy):
+    """(output, dL/dx, dL/dk) of `conv` and of TensorFlow's own VALID conv, for upstream gradient dy."""
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, k])
+        outputs = [conv(x, k), tf.nn.convolution(x, k, padding="VALID")]
+    return [(y, *tape.gradient(y, [x, k], output_gradients=dy)) for y in outputs]
+
+
 def test_conv3x3_valid_forward_is_keras_and_gradients_match_numpy_and_tensorflow():
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(size=(2, 13, 17, 5)).astype(np.float32))
@@ -40,12 +48,7 @@ def test_conv3x3_valid_forward_is_keras_and_gradients_match_numpy_and_tensorflow
     layer.build(x.shape)
     layer.kernel.assign(k)
 
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch([x, k])
-        ours = conv3x3_valid(x, k)
-        theirs = tf.nn.convolution(x, k, padding="VALID")
-    ours_dx, ours_dk = tape.gradient(ours, [x, k], output_gradients=dy)
-    tf_dx, tf_dk = tape.gradient(theirs, [x, k], output_gradients=dy)
+    (ours, ours_dx, ours_dk), (theirs, tf_dx, tf_dk) = ours_and_tensorflows(conv3x3_valid, x, k, dy)
 
     np.testing.assert_array_equal(ours.numpy(), layer(x).numpy())  # the same forward op
     y64, dx64, dk64 = numpy_conv3x3_valid_and_grads(x, k, dy)
@@ -59,12 +62,7 @@ def test_conv1x1_valid_forward_is_keras_and_gradients_match_numpy_and_tensorflow
     x = tf.constant(rng.normal(size=(2, 6, 9, 5)).astype(np.float32))
     k = tf.constant(rng.normal(size=(1, 1, 5, 3)).astype(np.float32))
     dy = tf.constant(rng.normal(size=(2, 6, 9, 3)).astype(np.float32))
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch([x, k])
-        ours = conv1x1_valid(x, k)
-        theirs = tf.nn.convolution(x, k, padding="VALID")
-    ours_dx, ours_dk = tape.gradient(ours, [x, k], output_gradients=dy)
-    tf_dx, tf_dk = tape.gradient(theirs, [x, k], output_gradients=dy)
+    (ours, ours_dx, ours_dk), (theirs, tf_dx, tf_dk) = ours_and_tensorflows(conv1x1_valid, x, k, dy)
     np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
     x64, k64, dy64 = (np.asarray(v, np.float64) for v in (x, k, dy))
     assert rel(ours_dx, np.einsum("nhwo,co->nhwc", dy64, k64[0, 0])) < 1e-6

@@ -50,6 +50,7 @@ def tensorflow_uses_onednn():
         return True
 
 
+@functools.lru_cache(maxsize=None)  # devices are fixed once TensorFlow has started; asked per ConvBN trace
 def tensorflow_has_accelerator():
     """Whether TensorFlow places ops on a GPU or TPU here (cuDNN's and XLA's gradient kernels
     are fast there, and the rule was measured on CPUs only)."""
