@@ -6,8 +6,8 @@
 
 Variants: keras_bn (Keras' BatchNormalization code), fused_bn (ocr_tf's FusedBatchNormalization on
 TensorFlow's FusedBatchNormV3, with TensorFlow's own conv gradients), default (what ocr_tf runs:
-fused BatchNorm and the stride-1 3x3 / 1x1 conv gradients of `ocr_tf/layers/conv_grad.py` where
-they apply), and with --mode infer folded_bn (`fold_batch_norm`
+fused BatchNorm, the stride-1 3x3 / 1x1 conv gradients of `ocr_tf/layers/conv_grad.py` and Winograd
+3x3 convs (`ocr_tf/layers/winograd.py`) where they apply; fused_bn and the others run none of them), and with --mode infer folded_bn (`fold_batch_norm`
 rebuilds the network with BatchNorm folded into the convs). Each variant is traced once into its own trainer; one thread.
 """
 

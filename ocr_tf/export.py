@@ -44,6 +44,7 @@ from ocr_tf.data import records
 from ocr_tf.errors import MissingFileError, UserError
 from ocr_tf.files import write_atomic
 from ocr_tf.layers.common import resize_bilinear
+from ocr_tf.layers.conv_grad import keras_conv_ops
 from ocr_tf.preprocessing import normalize_image
 from ocr_tf.tflite_utils import check_builtin_only
 from ocr_tf.temporaries import remove_stale
@@ -71,12 +72,14 @@ def make_inference_fn(model, *, align_corners=None, with_probabilities=False, wi
     """uint8 images [B, H, W, 3] -> {"labels": int32 [B, H, W], optional "probabilities"
     float32 [B, H, W, K] at the input size, optional "logits" at feature resolution}.
 
-    A Segmenter normalises with its own mean/std and resizes with its own align_corners."""
+    A Segmenter normalises with its own mean/std and resizes with its own align_corners. For
+    exports: the model is traced with the standard conv ops (`keras_conv_ops`)."""
     align_corners = _align_corners(model, align_corners)
     normalize = getattr(model, "normalize", normalize_image)
 
     def infer(images):
-        logits = model(normalize(images), training=False)["logits"]
+        with keras_conv_ops():  # the exported graph gets the standard conv op (other runtimes' kernels)
+            logits = model(normalize(images), training=False)["logits"]
         logits = tf.cast(logits, tf.float32)
         upsampled = resize_bilinear(logits, tf.shape(images)[1:3], align_corners)
         outputs = {"labels": tf.math.argmax(upsampled, axis=-1, output_type=tf.int32)}

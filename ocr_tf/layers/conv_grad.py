@@ -1,4 +1,5 @@
-"""Stride-1 3x3 and 1x1 convolutions whose gradients avoid TensorFlow's slow Eigen backprop kernels.
+"""How `ConvBN` runs its stride-1 convs on CPUs where TensorFlow uses Eigen: faster gradients in
+training, and Winograd F(2x2, 3x3) (`winograd.py`) for 3x3 convs of >= 128 channels.
 
 On CPUs where TensorFlow runs convolutions with Eigen (oneDNN off: TensorFlow's default on x86
 CPUs without AVX512-VNNI / bf16 / AMX, e.g. the AMD AVX2 box of BENCHMARKS.md), its
@@ -19,7 +20,8 @@ high-resolution branches of HRNet, 48-64 channels at 1/4 scale, and the 720 -> 5
 Measured per shape in BENCHMARKS.md (issue 13). TensorFlow's own gradients stay for 3x3 convs
 below 8192 output pixels per image (a tie there), for strided or dilated convs, where TensorFlow
 uses oneDNN (its backprop kernels are fast, and the rotated forward conv measured 3x slower), and
-on GPUs and TPUs. The forward is Keras' own conv op, so outputs are bit-identical; the 3x3
+on GPUs and TPUs. Where Winograd does not apply the forward is Keras' own conv op, so outputs are
+bit-identical; the 3x3
 gradients are the same sums in another order (float32 rounding, tested against TensorFlow's
 kernels and a float64 NumPy reference; in bfloat16 they measured closer to the float64 reference
 than TensorFlow's own bfloat16 kernels).
@@ -27,14 +29,20 @@ than TensorFlow's own bfloat16 kernels).
 Written by hand because no library offers these gradient formulations as a switch; TensorFlow only.
 """
 
+import contextlib
 import functools
 
 import keras
 
-# Set to False (a benchmark's A/B switch, tests) to keep TensorFlow's gradients everywhere.
+from ocr_tf.layers import winograd
+
+# Set to False (a benchmark's A/B switch, tests) to keep Keras' conv op and TF's gradients everywhere.
 ENABLED = [True]
 # Output pixels per image from which the rewritten 3x3 gradients measured faster (BENCHMARKS.md).
 MIN_PIXELS = 8192
+# In training, Winograd (forward and input gradient) from this many channels in and out.
+WINOGRAD_TRAINING_CHANNELS = 256
+_KERAS_CONV_OPS = [0]  # > 0 inside `keras_conv_ops()`
 
 
 @functools.lru_cache(maxsize=None)
@@ -59,24 +67,58 @@ def tensorflow_has_accelerator():
     return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
 
 
-def fast_gradients_apply(conv, padded_shape, training):
-    """True if `conv` (a Keras Conv2D, 'valid' padding) on an input of static `padded_shape`
-    should use `conv_valid`: training on TensorFlow on a CPU with Eigen kernels (no GPU or TPU,
-    oneDNN off), a stride-1 undilated ungrouped channels-last conv, 1x1, or 3x3 with at least
-    MIN_PIXELS output pixels per image."""
-    if not ENABLED[0] or not training or keras.backend.backend() != "tensorflow":
+@contextlib.contextmanager
+def keras_conv_ops():
+    """Within this block every `ConvBN` traces Keras' own conv op with TensorFlow's gradients.
+    Exports use it: a SavedModel, TFLite or ONNX file runs on other machines and runtimes, whose
+    conv kernels are their own (Winograd written as matmuls would only slow them down)."""
+    _KERAS_CONV_OPS[0] += 1
+    try:
+        yield
+    finally:
+        _KERAS_CONV_OPS[0] -= 1
+
+
+def _eigen_cpu_conv(conv, padded_shape):
+    """The checks both routes share: on, not exporting, TensorFlow backend on a CPU with Eigen
+    kernels (no GPU or TPU, oneDNN off), a stride-1 undilated ungrouped channels-last 'valid' conv."""
+    if not ENABLED[0] or _KERAS_CONV_OPS[0] or keras.backend.backend() != "tensorflow":
         return False
     if tuple(conv.strides) != (1, 1) or tuple(conv.dilation_rate) != (1, 1) or conv.groups != 1:
         return False
     if conv.padding != "valid" or conv.data_format != "channels_last":
         return False
+    return not tensorflow_uses_onednn() and not tensorflow_has_accelerator()
+
+
+def fast_gradients_apply(conv, padded_shape, training):
+    """True if `conv` (a Keras Conv2D, 'valid' padding) on an input of static `padded_shape`
+    should use `conv_valid`: training on TensorFlow on a CPU with Eigen kernels (no GPU or TPU,
+    oneDNN off), a stride-1 undilated ungrouped channels-last conv, 1x1, or 3x3 with at least
+    MIN_PIXELS output pixels per image."""
+    if not training or not _eigen_cpu_conv(conv, padded_shape):
+        return False
     h, w = padded_shape[1], padded_shape[2]
     if tuple(conv.kernel_size) == (3, 3):
-        if h is None or w is None or (h - 2) * (w - 2) < MIN_PIXELS:
-            return False
-    elif tuple(conv.kernel_size) != (1, 1):
+        return h is not None and w is not None and (h - 2) * (w - 2) >= MIN_PIXELS
+    return tuple(conv.kernel_size) == (1, 1)
+
+
+def winograd_applies(conv, padded_shape, training):
+    """True if the 3x3 `conv` on an input of static `padded_shape` should run as Winograd
+    F(2x2, 3x3) (`winograd.conv3x3`): the checks of `fast_gradients_apply`, float32, and channels
+    and map size where it measured faster (`winograd.applies`); in training only inside the faster
+    gradients, and from WINOGRAD_TRAINING_CHANNELS channels (below that the forward's gain and the
+    input gradient's measured a wash against the gradient kernels' memory traffic)."""
+    if tuple(conv.kernel_size) != (3, 3) or not _eigen_cpu_conv(conv, padded_shape):
         return False
-    return not tensorflow_uses_onednn() and not tensorflow_has_accelerator()
+    h, w = padded_shape[1], padded_shape[2]
+    output_hw = (None if h is None else h - 2, None if w is None else w - 2)
+    if not winograd.applies(conv.kernel.shape, output_hw, conv.compute_dtype):
+        return False
+    if training:
+        return fast_gradients_apply(conv, padded_shape, training) and min(conv.kernel.shape[2:]) >= WINOGRAD_TRAINING_CHANNELS
+    return True
 
 
 def conv1x1_valid(x, kernel):
@@ -100,21 +142,28 @@ def conv1x1_valid(x, kernel):
     return conv(x, kernel)
 
 
-def conv3x3_valid(x, kernel):
+def conv3x3_valid(x, kernel, use_winograd=False):
     """`tf.nn.convolution(x, kernel, padding="VALID")` for a 3x3 HWIO `kernel`, with the gradients
-    of the module docstring. `x` is NHWC with static H and W (already padded by the caller)."""
+    of the module docstring. `x` is NHWC with static H and W (already padded by the caller).
+    `use_winograd`: the forward and the input gradient (a forward conv too) as Winograd
+    F(2x2, 3x3) (`winograd.conv3x3`) instead of TensorFlow's conv op."""
     import tensorflow as tf  # TensorFlow only (see fast_gradients_apply)
+
+    def forward(x, kernel):
+        if use_winograd:
+            return winograd.conv3x3(x, kernel)
+        return tf.nn.convolution(x, kernel, strides=1, padding="VALID", data_format="NHWC", dilations=1)
 
     @tf.custom_gradient
     def conv(x, kernel):
-        y = tf.nn.convolution(x, kernel, strides=1, padding="VALID", data_format="NHWC", dilations=1)
+        y = forward(x, kernel)
 
         def grad(dy):
             h, w = dy.shape[1], dy.shape[2]
             # dL/dx = "full" correlation of dy with the kernel rotated by 180 degrees, in<->out.
             rotated = tf.transpose(tf.reverse(kernel, axis=[0, 1]), [0, 1, 3, 2])
             # (Padding first and a VALID conv: Eigen's conv with explicit padding measured slower.)
-            dx = tf.nn.convolution(tf.pad(dy, [[0, 0], [2, 2], [2, 2], [0, 0]]), rotated, padding="VALID")
+            dx = forward(tf.pad(dy, [[0, 0], [2, 2], [2, 2], [0, 0]]), rotated)
             # dL/dkernel[i, j] = sum over pixels of x[h + i, w + j]^T dy[h, w]. With dy placed at
             # column offset j of a padded-width copy (d_j), that is rows_i^T @ d_j over the full
             # padded width, rows_i = x[:, i:i+h] (whole rows: no window copies). The three d_j side
@@ -132,18 +181,22 @@ def conv3x3_valid(x, kernel):
     return conv(x, kernel)
 
 
-def conv_valid(x, kernel):
+def conv_valid(x, kernel, use_winograd=False):
     """A stride-1 'valid' conv of NHWC `x` with a 1x1 or 3x3 HWIO `kernel`, with the faster gradients."""
-    return conv1x1_valid(x, kernel) if kernel.shape[0] == 1 else conv3x3_valid(x, kernel)
+    return conv1x1_valid(x, kernel) if kernel.shape[0] == 1 else conv3x3_valid(x, kernel, use_winograd)
 
 
 def apply_conv(conv, x, training):
-    """Call the Keras Conv2D layer `conv` on `x`, through `conv_valid` where
-    `fast_gradients_apply` says so (same forward op, same bias add as Keras' Conv2D)."""
-    if not fast_gradients_apply(conv, x.shape, training):
+    """Call the Keras Conv2D layer `conv` on `x`; where measured faster on this machine, through
+    `conv_valid` in training (`fast_gradients_apply`) and as Winograd (`winograd_applies`), with
+    the same bias add as Keras' Conv2D."""
+    use_winograd = winograd_applies(conv, x.shape, training)
+    fast_gradients = fast_gradients_apply(conv, x.shape, training)
+    if not (use_winograd or fast_gradients):
         return conv(x)
     dtype = conv.compute_dtype  # what Keras' Conv2D computes in (its own dtype policy)
-    y = conv_valid(keras.ops.cast(x, dtype), keras.ops.cast(conv.kernel, dtype))
+    x, kernel = keras.ops.cast(x, dtype), keras.ops.cast(conv.kernel, dtype)
+    y = conv_valid(x, kernel, use_winograd) if fast_gradients else winograd.conv3x3(x, kernel)
     if conv.use_bias:
         y = keras.ops.add(y, keras.ops.reshape(keras.ops.cast(conv.bias, dtype), (1, 1, 1, -1)))
     return y

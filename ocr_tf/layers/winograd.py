@@ -1,0 +1,112 @@
+"""3x3 stride-1 convolutions as Winograd F(2x2, 3x3): 2.25x fewer multiplications, run as GEMMs.
+
+On CPUs where TensorFlow runs convolutions with Eigen (oneDNN off: its default on x86 CPUs without
+AVX512-VNNI / bf16 / AMX, e.g. the AMD AVX2 box of BENCHMARKS.md), Eigen's 3x3 forward conv runs
+at 43-50 GFLOP/s and is 89-93% of HRNet-OCR's time; PyTorch's oneDNN runs the same convs at 66-75.
+Winograd's minimal filtering (Lavin and Gray, "Fast Algorithms for Convolutional Neural
+Networks", 2016) computes each 2x2 output tile from a 4x4 input tile with 16 multiplications per
+channel pair instead of 36:
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A       (* elementwise, summed over input channels)
+
+which, over all tiles, is 16 independent matmuls (tiles x C_in) @ (C_in x C_out) between cheap
+add/subtract transforms. With C_in and C_out >= 128 the matmuls dominate and the conv measured
+0.47-0.79x Eigen's time (720 -> 512 at 64 x 128: 0.53x; 2048 -> 512 at 128 x 128: 0.61x); with
+fewer channels the transforms dominate and it measured slower (48 -> 48: 1.4x), so `applies`
+keeps Keras' conv there. The transforms' coefficients are 0, +-1 and 1/2 (exact in binary), and the
+result measured as close to a float64 reference as Eigen's direct conv (4-6e-7 vs 3-5e-7 of the
+largest output); float32 only (bfloat16 transforms would add rounding Eigen's conv does not have).
+
+TensorFlow offers no Winograd kernel on CPU (cuDNN and oneDNN's AVX-512 builds have their own), so
+it is written here with TensorFlow ops: slices of a free reshape instead of strided slices (those
+measured 5x slower for the input transform), one matmul per tile position, depth_to_space to
+interleave the output tiles. TensorFlow only; exports keep the standard conv op
+(`conv_grad.keras_conv_ops`), since other runtimes have their own fast convs.
+"""
+
+# The smallest channel count (in and out) and output map (pixels per image) from which Winograd
+# measured faster than Eigen's conv on the AVX2 box (BENCHMARKS.md, issue 13).
+MIN_CHANNELS = 128
+MIN_PIXELS = 256
+
+# B^T (input tiles), A^T (output tiles): F(2x2, 3x3), applied along rows and then columns.
+_IN = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
+_OUT = ((1, 1, 1, 0), (0, 1, -1, -1))
+
+
+def applies(kernel_shape, output_hw, dtype):
+    """Whether a stride-1 undilated 3x3 conv with an HWIO `kernel_shape`, computing in `dtype`, on
+    static output size `output_hw` measured faster as Winograd (the caller checks the backend and
+    the conv's other settings)."""
+    h, w = output_hw
+    if tuple(kernel_shape[:2]) != (3, 3) or h is None or w is None or str(dtype) != "float32":
+        return False
+    return min(kernel_shape[2], kernel_shape[3]) >= MIN_CHANNELS and h * w >= MIN_PIXELS
+
+
+def _combine(terms, rows):
+    """[sum_k rows[a][k] * terms[k] for each row a], coefficients 0 / +-1: adds and subtracts
+    (each row has a +1)."""
+    out = []
+    for row in rows:
+        plus = [t for c, t in zip(row, terms) if c > 0]
+        acc = plus[0]
+        for t in plus[1:]:
+            acc = acc + t
+        for t in (t for c, t in zip(row, terms) if c < 0):
+            acc = acc - t
+        out.append(acc)
+    return out
+
+
+def transform_kernel(kernel):
+    """G g G^T of an HWIO 3x3 `kernel`: a list of 16 (C_in, C_out) matrices, tile position
+    (a, b) at index 4 * a + b."""
+
+    def g(taps):  # G @ (g0, g1, g2), G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
+        t0, t1, t2 = taps
+        return [t0, 0.5 * (t0 + t1 + t2), 0.5 * (t0 - t1 + t2), t2]
+
+    rows = g([kernel[0], kernel[1], kernel[2]])  # along the kernel's rows: 4 x (3, C_in, C_out)
+    return [m for r in rows for m in g([r[0], r[1], r[2]])]
+
+
+def conv3x3(x, kernel):
+    """`tf.nn.convolution(x, kernel, padding="VALID")` for NHWC `x` with static height and width
+    (any batch) and an HWIO 3x3 float32 `kernel`, computed as Winograd F(2x2, 3x3).
+
+    Example:
+
+    >>> import numpy as np, tensorflow as tf
+    >>> x = tf.random.normal((2, 18, 20, 128)); k = tf.random.normal((3, 3, 128, 128))
+    >>> ref = tf.nn.convolution(x, k, padding="VALID")
+    >>> bool(np.allclose(conv3x3(x, k), ref, atol=1e-3))
+    True
+    """
+    import tensorflow as tf  # TensorFlow only (see the module docstring)
+
+    c_in, c_out = kernel.shape[2], kernel.shape[3]
+    h, w = x.shape[1] - 2, x.shape[2] - 2
+    odd_h, odd_w = h % 2, w % 2
+    if odd_h or odd_w:  # one more output row / column to make whole 2x2 tiles; cropped below
+        x = tf.pad(x, [[0, 0], [0, odd_h], [0, odd_w], [0, 0]])
+    hh, wh = (h + odd_h) // 2, (w + odd_w) // 2
+    # Tile (i, j) reads rows 2i..2i+3 and columns 2j..2j+3. With rows and columns split by parity
+    # (a reshape, no copy), its row k is [i + k // 2, parity k % 2]: plain slices of whole rows.
+    xr = tf.reshape(x, [-1, hh + 1, 2, wh + 1, 2, c_in])
+    rows = [xr[:, i : i + hh, p] for i, p in ((0, 0), (0, 1), (1, 0), (1, 1))]  # (N, hh, wh+1, 2, C)
+    tiles = []
+    for r in _combine(rows, _IN):
+        cols = [r[:, :, j : j + wh, p] for j, p in ((0, 0), (0, 1), (1, 0), (1, 1))]  # (N, hh, wh, C)
+        tiles += [tf.reshape(t, [-1, c_in]) for t in _combine(cols, _IN)]
+    u = transform_kernel(kernel)
+    m = [tf.matmul(t, u_ab) for t, u_ab in zip(tiles, u)]  # 16 x (N * hh * wh, C_out)
+    # A^T M A: along the tile rows (a) for each column b, then along the columns.
+    by_column = [_combine([m[4 * a + b] for a in range(4)], _OUT) for b in range(4)]  # [b][dy]
+    outputs = [y for dy in range(2) for y in _combine([by_column[b][dy] for b in range(4)], _OUT)]
+    y = tf.reshape(tf.concat(outputs, axis=-1), [-1, hh, wh, 4 * c_out])
+    y = tf.nn.depth_to_space(y, 2)  # channels ordered (dy, dx, C_out): the 2x2 tiles in place
+    if odd_h or odd_w:
+        y = y[:, :h, :w]
+    return y
+

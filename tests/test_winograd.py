@@ -1,0 +1,201 @@
+"""Winograd F(2x2, 3x3) for wide 3x3 convs (issue 13, `ocr_tf/layers/winograd.py`): a speed change
+that changes the order of the sums, so it must equal a float64 NumPy conv to float32 rounding, run
+only where the rule says, and never reach an exported graph."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ocr_tf.layers import ConvBN, conv_grad, winograd
+
+
+def rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12)
+
+
+def numpy_conv3x3_valid(x, k):
+    x, k = np.asarray(x, np.float64), np.asarray(k, np.float64)
+    h, w = x.shape[1] - 2, x.shape[2] - 2
+    return sum(np.einsum("nhwc,co->nhwo", x[:, i : i + h, j : j + w], k[i, j]) for i in range(3) for j in range(3))
+
+
+@pytest.fixture
+def eigen_cpu(monkeypatch):
+    """The rule's machine: TensorFlow with Eigen kernels on a CPU (this box's default)."""
+    monkeypatch.setattr(conv_grad, "tensorflow_uses_onednn", lambda: False)
+    monkeypatch.setattr(conv_grad, "tensorflow_has_accelerator", lambda: False)
+
+
+@pytest.fixture
+def winograd_calls(monkeypatch):
+    calls = []
+    original = winograd.conv3x3
+
+    def counted(x, kernel):
+        calls.append((tuple(x.shape[1:]), tuple(kernel.shape)))
+        return original(x, kernel)
+
+    monkeypatch.setattr(winograd, "conv3x3", counted)
+    return calls
+
+
+@pytest.mark.parametrize("shape", [(2, 12, 16, 6, 7), (1, 13, 9, 3, 5), (3, 7, 8, 4, 4), (1, 3, 3, 2, 3)])
+def test_conv3x3_equals_a_float64_conv(shape):
+    # Even, odd and 1-pixel outputs (odd sizes are padded to whole 2x2 tiles and cropped).
+    n, h, w, c, o = shape
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, h + 2, w + 2, c))
+    k = rng.normal(size=(3, 3, c, o))
+    ours = winograd.conv3x3(tf.constant(x, tf.float32), tf.constant(k, tf.float32)).numpy()
+    assert ours.shape == (n, h, w, o)
+    reference = numpy_conv3x3_valid(x, k)
+    eigen = tf.nn.convolution(tf.constant(x, tf.float32), tf.constant(k, tf.float32), padding="VALID").numpy()
+    # Float32 rounding of a sum of 9 * C products: Eigen's direct conv measured 3e-7 here,
+    # Winograd 3e-7..6e-7 (its transforms add a few roundings); an index slip would be O(1).
+    assert rel(eigen, reference) < 1e-6
+    assert rel(ours, reference) < 2e-6
+
+
+def test_kernel_transform_is_g_g_gt():
+    g_matrix = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    k = np.random.default_rng(1).normal(size=(3, 3, 2, 3))
+    u = np.stack([t.numpy() for t in winograd.transform_kernel(tf.constant(k))])  # (16, C_in, C_out)
+    expected = np.einsum("ai,ijco,bj->abco", g_matrix, k, g_matrix).reshape(16, 2, 3)
+    np.testing.assert_allclose(u, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_wide_conv_of_a_trained_size_is_as_close_to_float64_as_eigen():
+    # The widths it runs on (>= 128 channels): the same accuracy class as Eigen's conv.
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(1, 18, 34, 160))
+    k = rng.normal(size=(3, 3, 160, 128)) / np.sqrt(9 * 160)
+    reference = numpy_conv3x3_valid(x, k)
+    ours = winograd.conv3x3(tf.constant(x, tf.float32), tf.constant(k, tf.float32))
+    eigen = tf.nn.convolution(tf.constant(x, tf.float32), tf.constant(k, tf.float32), padding="VALID")
+    assert rel(ours, reference) < 3 * max(rel(eigen, reference), 3e-7)
+
+
+def test_applies_only_where_it_measured_faster():
+    assert winograd.applies((3, 3, 128, 128), (16, 16), "float32")
+    assert winograd.applies((3, 3, 720, 512), (64, 128), "float32")
+    assert not winograd.applies((3, 3, 127, 512), (64, 128), "float32")  # too few channels in
+    assert not winograd.applies((3, 3, 512, 96), (64, 128), "float32")  # ... or out
+    assert not winograd.applies((3, 3, 512, 512), (15, 16), "float32")  # map below MIN_PIXELS
+    assert not winograd.applies((3, 3, 512, 512), (None, 16), "float32")  # unknown size
+    assert not winograd.applies((3, 3, 512, 512), (64, 64), "bfloat16")
+    assert not winograd.applies((1, 1, 512, 512), (64, 64), "float32")
+
+
+def convbn_inference(layer, x):
+    fn = tf.function(lambda x: layer(x, training=False))
+    ops = {op.type for op in fn.get_concrete_function(x).graph.get_operations()}
+    return fn(x).numpy(), ops
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_convbn_inference_runs_winograd_and_equals_keras(use_bias, eigen_cpu, winograd_calls):
+    x = tf.constant(np.random.default_rng(3).normal(size=(2, 16, 20, 128)).astype(np.float32))
+    keras.utils.set_random_seed(0)
+    layer = ConvBN(130, 3, use_bias=use_bias)
+    layer.build(x.shape)
+    rng = np.random.default_rng(4)  # non-trivial BatchNorm statistics
+    layer.bn.set_weights([rng.uniform(0.5, 2, 130), rng.normal(size=130), rng.normal(size=130), rng.uniform(0.5, 2, 130)])
+
+    ours, ops = convbn_inference(layer, x)
+    assert winograd_calls == [((18, 22, 128), (3, 3, 128, 130))]
+    assert "MatMul" in ops and "Conv2D" not in ops
+    conv_grad.ENABLED[0] = False
+    try:
+        keras_out, keras_ops = convbn_inference(layer, x)
+    finally:
+        conv_grad.ENABLED[0] = True
+    assert "Conv2D" in keras_ops
+    assert rel(ours, keras_out) < 1e-5
+
+
+def test_narrow_convbn_keeps_keras_conv(eigen_cpu, winograd_calls):
+    x = tf.zeros((1, 16, 16, 64))
+    layer = ConvBN(128, 3)
+    layer.build(x.shape)
+    _, ops = convbn_inference(layer, x)
+    assert winograd_calls == [] and "Conv2D" in ops
+
+
+def test_onednn_and_accelerators_keep_keras_conv(monkeypatch, winograd_calls):
+    x = tf.zeros((1, 16, 16, 128))
+    layer = ConvBN(128, 3)
+    layer.build(x.shape)
+    for onednn, accelerator in ((True, False), (False, True)):
+        monkeypatch.setattr(conv_grad, "tensorflow_uses_onednn", lambda: onednn)
+        monkeypatch.setattr(conv_grad, "tensorflow_has_accelerator", lambda: accelerator)
+        _, ops = convbn_inference(layer, x)
+        assert "Conv2D" in ops
+    assert winograd_calls == []
+
+
+def test_convbn_training_step_runs_winograd_with_equal_gradients(eigen_cpu, winograd_calls):
+    # >= 256 channels and >= 8192 pixels: the forward and the input gradient as Winograd, the
+    # kernel gradient as row matmuls; all equal to TensorFlow's own step to float32 rounding.
+    x = tf.constant(np.random.default_rng(5).normal(size=(1, 92, 92, 256)).astype(np.float32))
+    keras.utils.set_random_seed(0)
+    layer = ConvBN(256, 3)
+    layer.build(x.shape)
+    weights = layer.get_weights()
+
+    def step():
+        @tf.function
+        def run(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x, training=True)
+                loss = tf.reduce_sum(y * tf.sin(y))  # a non-uniform upstream gradient
+            return y, tape.gradient(loss, [x, *layer.trainable_weights])
+
+        y, grads = run(x)
+        ops = {op.type for op in run.get_concrete_function(x).graph.get_operations()}
+        return y.numpy(), [g.numpy() for g in grads], ops
+
+    y_ours, g_ours, ops_ours = step()
+    assert len(winograd_calls) == 2  # the forward and the input gradient
+    assert winograd_calls[0] == ((94, 94, 256), (3, 3, 256, 256))
+    layer.set_weights(weights)
+    conv_grad.ENABLED[0] = False
+    try:
+        y_tf, g_tf, ops_tf = step()
+    finally:
+        conv_grad.ENABLED[0] = True
+    assert "Conv2D" not in ops_ours and "Conv2DBackpropInput" not in ops_ours and "Conv2D" in ops_tf
+    assert rel(y_ours, y_tf) < 1e-5
+    assert len(g_ours) == len(g_tf) == 4  # x, kernel, gamma, beta
+    for a, b in zip(g_ours, g_tf):
+        assert rel(a, b) < 1e-4
+
+
+def test_training_below_256_channels_keeps_keras_forward(eigen_cpu, winograd_calls):
+    x = tf.zeros((1, 92, 92, 128))
+    layer = ConvBN(128, 3)
+    layer.build(x.shape)
+    with tf.GradientTape() as tape:
+        y = layer(x, training=True)
+    tape.gradient(y, layer.trainable_weights)
+    assert winograd_calls == []
+
+
+def test_exports_trace_the_standard_conv(eigen_cpu, winograd_calls):
+    from ocr_tf.export import make_inference_fn
+
+    inputs = keras.Input((32, 32, 3))
+    features = ConvBN(128, 3, strides=2)(inputs)
+    features = ConvBN(128, 3)(features)
+    logits = keras.layers.Conv2D(4, 1)(features)
+    model = keras.Model(inputs, {"logits": logits})
+    infer = tf.function(make_inference_fn(model))
+    ops = {op.type for op in infer.get_concrete_function(tf.TensorSpec([1, 32, 32, 3], tf.uint8)).graph.get_operations()}
+    assert winograd_calls == [] and "MatMul" not in ops and "Conv2D" in ops
+    model(tf.zeros((1, 32, 32, 3)))  # outside the export the same model runs Winograd
+    assert len(winograd_calls) == 1
+    with conv_grad.keras_conv_ops(), conv_grad.keras_conv_ops():  # nests
+        pass
+    assert conv_grad._KERAS_CONV_OPS[0] == 0
