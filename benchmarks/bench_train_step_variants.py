@@ -7,7 +7,8 @@
 Variants: keras_bn (Keras' BatchNormalization code), fused_bn (ocr_tf's FusedBatchNormalization on
 TensorFlow's FusedBatchNormV3, with TensorFlow's own conv gradients), default (what ocr_tf runs:
 fused BatchNorm, the stride-1 3x3 / 1x1 conv gradients of `ocr_tf/layers/conv_grad.py` and Winograd
-3x3 convs (`ocr_tf/layers/winograd.py`) where they apply; fused_bn and the others run none of them), and with --mode infer folded_bn (`fold_batch_norm`
+3x3 convs (`ocr_tf/layers/winograd.py`) where they apply; no_winograd: default without Winograd;
+fused_bn and the others run none of them), and with --mode infer folded_bn (`fold_batch_norm`
 rebuilds the network with BatchNorm folded into the convs). Each variant is traced once into its own trainer; one thread.
 """
 
@@ -28,7 +29,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--variants", nargs="+", default=["fused_bn", "default"],
-                   choices=("keras_bn", "fused_bn", "default", "folded_bn"))
+                   choices=("keras_bn", "fused_bn", "default", "no_winograd", "folded_bn"))
     p.add_argument("--set", nargs="*", default=[], help="model overrides key=int")
     p.add_argument("--mode", choices=("train", "infer"), default="train",
                    help="infer: a tf.function of network(x, training=False) (variant folded_bn: fold_batch_norm)")
@@ -39,7 +40,7 @@ def main(argv=None):
     from profile_train_step import make_step, set_threads  # the same step, profiled there
 
     set_threads(a.threads)
-    from ocr_tf.layers import batch_norm, conv_grad
+    from ocr_tf.layers import batch_norm, conv_grad, winograd
     from ocr_tf.models import build_model
 
     overrides = {kv.split("=")[0]: int(kv.split("=")[1]) for kv in a.set}
@@ -47,7 +48,8 @@ def main(argv=None):
     for v in a.variants:
         # Read when the variant's graph is traced (its first call).
         batch_norm.USE_FUSED[0] = v != "keras_bn"
-        conv_grad.ENABLED[0] = v == "default"
+        conv_grad.ENABLED[0] = v in ("default", "no_winograd")
+        winograd.ENABLED[0] = v == "default"
         keras.utils.set_random_seed(0)
         net = build_model(a.model, 19, **overrides)
         if v == "folded_bn":

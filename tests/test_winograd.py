@@ -58,6 +58,18 @@ def test_conv3x3_equals_a_float64_conv(shape):
     assert rel(ours, reference) < 2e-6
 
 
+def test_conv3x3_in_a_graph_for_any_image_size():
+    # predict's graphs relax to unknown height and width after the first image size.
+    rng = np.random.default_rng(6)
+    k = rng.normal(size=(3, 3, 4, 5))
+    fn = tf.function(winograd.conv3x3, input_signature=[tf.TensorSpec([None, None, None, 4]), tf.TensorSpec([3, 3, 4, 5])])
+    for h, w in ((10, 12), (9, 13), (1, 2)):
+        x = rng.normal(size=(2, h + 2, w + 2, 4))
+        ours = fn(tf.constant(x, tf.float32), tf.constant(k, tf.float32)).numpy()
+        assert ours.shape == (2, h, w, 5)
+        assert rel(ours, numpy_conv3x3_valid(x, k)) < 2e-6
+
+
 def test_kernel_transform_is_g_g_gt():
     g_matrix = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
     k = np.random.default_rng(1).normal(size=(3, 3, 2, 3))
@@ -83,9 +95,14 @@ def test_applies_only_where_it_measured_faster():
     assert not winograd.applies((3, 3, 127, 512), (64, 128), "float32")  # too few channels in
     assert not winograd.applies((3, 3, 512, 96), (64, 128), "float32")  # ... or out
     assert not winograd.applies((3, 3, 512, 512), (15, 16), "float32")  # map below MIN_PIXELS
-    assert not winograd.applies((3, 3, 512, 512), (None, 16), "float32")  # unknown size
+    assert winograd.applies((3, 3, 512, 512), (None, None), "float32")  # images of any size
     assert not winograd.applies((3, 3, 512, 512), (64, 64), "bfloat16")
     assert not winograd.applies((1, 1, 512, 512), (64, 64), "float32")
+    winograd.ENABLED[0] = False  # the benchmarks' A/B switch
+    try:
+        assert not winograd.applies((3, 3, 720, 512), (64, 128), "float32")
+    finally:
+        winograd.ENABLED[0] = True
 
 
 def convbn_inference(layer, x):
@@ -113,6 +130,24 @@ def test_convbn_inference_runs_winograd_and_equals_keras(use_bias, eigen_cpu, wi
         conv_grad.ENABLED[0] = True
     assert "Conv2D" in keras_ops
     assert rel(ours, keras_out) < 1e-5
+
+
+def test_predict_runner_keeps_winograd_for_new_image_sizes(eigen_cpu, winograd_calls):
+    from ocr_tf.inference import compiled_runner
+
+    inputs = keras.Input((None, None, 128))
+    model = keras.Model(inputs, {"logits": ConvBN(128, 3)(inputs)})
+    runner = compiled_runner(model)
+    for h, w in ((16, 20), (17, 23), (30, 18)):  # the second size retraces with unknown sizes
+        x = tf.constant(np.random.default_rng(h).normal(size=(1, h, w, 128)).astype(np.float32))
+        ours = runner(x)["logits"].numpy()
+        conv_grad.ENABLED[0] = False
+        try:
+            keras_out = model(x, training=False)["logits"].numpy()
+        finally:
+            conv_grad.ENABLED[0] = True
+        assert rel(ours, keras_out) < 1e-5
+    assert [shape[:2] for shape, _ in winograd_calls] == [(18, 22), (None, None)]
 
 
 def test_narrow_convbn_keeps_keras_conv(eigen_cpu, winograd_calls):

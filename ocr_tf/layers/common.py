@@ -111,7 +111,7 @@ class ConvBN(keras.layers.Layer):
     def call(self, x, training=None):
         if self.pad is not None:
             x = self.pad(x)
-        x = apply_conv(self.conv, x, training)  # self.conv(x), with faster gradients where measured
+        x = apply_conv(self.conv, x, training)  # self.conv(x); faster gradients or Winograd where measured
         if self.bn is not None:
             x = self.bn(x, training=training)
         if self.act is not None:

@@ -105,7 +105,8 @@ def fast_gradients_apply(conv, padded_shape, training):
 
 
 def winograd_applies(conv, padded_shape, training):
-    """True if the 3x3 `conv` on an input of static `padded_shape` should run as Winograd
+    """True if the 3x3 `conv` on an input of `padded_shape` (height and width static or None)
+    should run as Winograd
     F(2x2, 3x3) (`winograd.conv3x3`): the checks of `fast_gradients_apply`, float32, and channels
     and map size where it measured faster (`winograd.applies`); in training only inside the faster
     gradients, and from WINOGRAD_TRAINING_CHANNELS channels (below that the forward's gain and the

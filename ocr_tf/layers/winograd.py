@@ -24,6 +24,8 @@ interleave the output tiles. TensorFlow only; exports keep the standard conv op
 (`conv_grad.keras_conv_ops`), since other runtimes have their own fast convs.
 """
 
+# Set to False (a benchmark's A/B switch) to keep Keras' conv where Winograd would run.
+ENABLED = [True]
 # The smallest channel count (in and out) and output map (pixels per image) from which Winograd
 # measured faster than Eigen's conv on the AVX2 box (BENCHMARKS.md, issue 13).
 MIN_CHANNELS = 128
@@ -36,12 +38,14 @@ _OUT = ((1, 1, 1, 0), (0, 1, -1, -1))
 
 def applies(kernel_shape, output_hw, dtype):
     """Whether a stride-1 undilated 3x3 conv with an HWIO `kernel_shape`, computing in `dtype`, on
-    static output size `output_hw` measured faster as Winograd (the caller checks the backend and
-    the conv's other settings)."""
+    output size `output_hw` measured faster as Winograd (the caller checks the backend and the
+    conv's other settings). An unknown size (None: a graph for images of any size) counts as large
+    enough: feature maps of >= 128 channels that small come only from thumbnails."""
     h, w = output_hw
-    if tuple(kernel_shape[:2]) != (3, 3) or h is None or w is None or str(dtype) != "float32":
+    if not ENABLED[0] or tuple(kernel_shape[:2]) != (3, 3) or str(dtype) != "float32":
         return False
-    return min(kernel_shape[2], kernel_shape[3]) >= MIN_CHANNELS and h * w >= MIN_PIXELS
+    small = h is not None and w is not None and h * w < MIN_PIXELS
+    return min(kernel_shape[2], kernel_shape[3]) >= MIN_CHANNELS and not small
 
 
 def _combine(terms, rows):
@@ -72,8 +76,8 @@ def transform_kernel(kernel):
 
 
 def conv3x3(x, kernel):
-    """`tf.nn.convolution(x, kernel, padding="VALID")` for NHWC `x` with static height and width
-    (any batch) and an HWIO 3x3 float32 `kernel`, computed as Winograd F(2x2, 3x3).
+    """`tf.nn.convolution(x, kernel, padding="VALID")` for NHWC `x` (any batch and size; static
+    channels) and an HWIO 3x3 float32 `kernel`, computed as Winograd F(2x2, 3x3).
 
     Example:
 
@@ -86,9 +90,11 @@ def conv3x3(x, kernel):
     import tensorflow as tf  # TensorFlow only (see the module docstring)
 
     c_in, c_out = kernel.shape[2], kernel.shape[3]
-    h, w = x.shape[1] - 2, x.shape[2] - 2
+    # Static sizes where known (a plain graph), else tensors (images of any size, e.g. predict).
+    h, w = (x.shape[i] - 2 if x.shape[i] is not None else tf.shape(x)[i] - 2 for i in (1, 2))
     odd_h, odd_w = h % 2, w % 2
-    if odd_h or odd_w:  # one more output row / column to make whole 2x2 tiles; cropped below
+    static = isinstance(h, int) and isinstance(w, int)
+    if not static or odd_h or odd_w:  # one more output row / column for whole 2x2 tiles; cropped below
         x = tf.pad(x, [[0, 0], [0, odd_h], [0, odd_w], [0, 0]])
     hh, wh = (h + odd_h) // 2, (w + odd_w) // 2
     # Tile (i, j) reads rows 2i..2i+3 and columns 2j..2j+3. With rows and columns split by parity
@@ -106,7 +112,7 @@ def conv3x3(x, kernel):
     outputs = [y for dy in range(2) for y in _combine([by_column[b][dy] for b in range(4)], _OUT)]
     y = tf.reshape(tf.concat(outputs, axis=-1), [-1, hh, wh, 4 * c_out])
     y = tf.nn.depth_to_space(y, 2)  # channels ordered (dy, dx, C_out): the 2x2 tiles in place
-    if odd_h or odd_w:
+    if not static or odd_h or odd_w:
         y = y[:, :h, :w]
     return y
 
