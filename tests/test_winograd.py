@@ -41,6 +41,19 @@ def winograd_calls(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def kernel_gradient_calls(monkeypatch):
+    calls = []
+    original = winograd.kernel_gradient
+
+    def counted(x, dy):
+        calls.append(tuple(x.shape[1:]))
+        return original(x, dy)
+
+    monkeypatch.setattr(winograd, "kernel_gradient", counted)
+    return calls
+
+
 @pytest.mark.parametrize("shape", [(2, 12, 16, 6, 7), (1, 13, 9, 3, 5), (3, 7, 8, 4, 4), (1, 3, 3, 2, 3)])
 def test_conv3x3_equals_a_float64_conv(shape):
     # Even, odd and 1-pixel outputs (odd sizes are padded to whole 2x2 tiles and cropped).
@@ -68,6 +81,20 @@ def test_conv3x3_in_a_graph_for_any_image_size():
         ours = fn(tf.constant(x, tf.float32), tf.constant(k, tf.float32)).numpy()
         assert ours.shape == (2, h, w, 5)
         assert rel(ours, numpy_conv3x3_valid(x, k)) < 2e-6
+
+
+@pytest.mark.parametrize("shape", [(2, 12, 16, 6, 7), (1, 13, 9, 3, 5), (1, 1, 2, 2, 3)])
+def test_kernel_gradient_equals_a_float64_reference(shape):
+    n, h, w, c, o = shape
+    rng = np.random.default_rng(7)
+    x, dy = rng.normal(size=(n, h + 2, w + 2, c)), rng.normal(size=(n, h, w, o))
+    reference = np.zeros((3, 3, c, o))
+    for i in range(3):
+        for j in range(3):
+            reference[i, j] = np.einsum("nhwc,nhwo->co", x[:, i : i + h, j : j + w], dy)
+    ours = winograd.kernel_gradient(tf.constant(x, tf.float32), tf.constant(dy, tf.float32)).numpy()
+    assert ours.shape == (3, 3, c, o)
+    assert rel(ours, reference) < 2e-6
 
 
 def test_kernel_transform_is_g_g_gt():
@@ -170,12 +197,14 @@ def test_onednn_and_accelerators_keep_keras_conv(monkeypatch, winograd_calls):
     assert winograd_calls == []
 
 
-def test_convbn_training_step_runs_winograd_with_equal_gradients(eigen_cpu, winograd_calls):
-    # >= 256 channels and >= 8192 pixels: the forward and the input gradient as Winograd, the
-    # kernel gradient as row matmuls; all equal to TensorFlow's own step to float32 rounding.
-    x = tf.constant(np.random.default_rng(5).normal(size=(1, 92, 92, 256)).astype(np.float32))
+@pytest.mark.parametrize("shape", [(1, 92, 92, 256), (2, 64, 130, 256)])
+def test_convbn_training_step_runs_winograd_with_equal_gradients(shape, eigen_cpu, winograd_calls, kernel_gradient_calls):
+    # >= 256 channels and >= 8192 pixels: the forward, the input gradient and the kernel gradient
+    # through Winograd tiles, equal to TensorFlow's own step to float32 rounding.
+    n, h, w, c = shape
+    x = tf.constant(np.random.default_rng(5).normal(size=shape).astype(np.float32))
     keras.utils.set_random_seed(0)
-    layer = ConvBN(256, 3)
+    layer = ConvBN(c, 3)
     layer.build(x.shape)
     weights = layer.get_weights()
 
@@ -193,24 +222,26 @@ def test_convbn_training_step_runs_winograd_with_equal_gradients(eigen_cpu, wino
         return y.numpy(), [g.numpy() for g in grads], ops
 
     y_ours, g_ours, ops_ours = step()
-    assert len(winograd_calls) == 2  # the forward and the input gradient
-    assert winograd_calls[0] == ((94, 94, 256), (3, 3, 256, 256))
+    # conv3x3 twice (the forward, and the input gradient with the rotated kernel), then the kernel gradient.
+    assert winograd_calls == [((h + 2, w + 2, c), (3, 3, c, c)), ((h + 4, w + 4, c), (3, 3, c, c))]
+    assert kernel_gradient_calls == [(h + 2, w + 2, c)]
     layer.set_weights(weights)
     conv_grad.ENABLED[0] = False
     try:
         y_tf, g_tf, ops_tf = step()
     finally:
         conv_grad.ENABLED[0] = True
-    assert "Conv2D" not in ops_ours and "Conv2DBackpropInput" not in ops_ours and "Conv2D" in ops_tf
+    assert not {"Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter"} & ops_ours and "Conv2D" in ops_tf
     assert rel(y_ours, y_tf) < 1e-5
     assert len(g_ours) == len(g_tf) == 4  # x, kernel, gamma, beta
     for a, b in zip(g_ours, g_tf):
         assert rel(a, b) < 1e-4
 
 
-def test_training_below_256_channels_keeps_keras_forward(eigen_cpu, winograd_calls):
-    x = tf.zeros((1, 92, 92, 128))
-    layer = ConvBN(128, 3)
+@pytest.mark.parametrize("shape", [(1, 92, 92, 128), (2, 18, 22, 512)])
+def test_training_keeps_keras_forward_below_256_channels_or_8192_pixels(shape, eigen_cpu, winograd_calls):
+    x = tf.zeros(shape)
+    layer = ConvBN(shape[-1], 3)
     layer.build(x.shape)
     with tf.GradientTape() as tape:
         y = layer(x, training=True)

@@ -40,7 +40,7 @@ from ocr_tf.layers import winograd
 ENABLED = [True]
 # Output pixels per image from which the rewritten 3x3 gradients measured faster (BENCHMARKS.md).
 MIN_PIXELS = 8192
-# In training, Winograd (forward and input gradient) from this many channels in and out.
+# In training, Winograd (forward, input and kernel gradients) from this many channels in and out.
 WINOGRAD_TRAINING_CHANNELS = 256
 _KERAS_CONV_OPS = [0]  # > 0 inside `keras_conv_ops()`
 
@@ -106,11 +106,13 @@ def fast_gradients_apply(conv, padded_shape, training):
 
 def winograd_applies(conv, padded_shape, training):
     """True if the 3x3 `conv` on an input of `padded_shape` (height and width static or None)
-    should run as Winograd
-    F(2x2, 3x3) (`winograd.conv3x3`): the checks of `fast_gradients_apply`, float32, and channels
-    and map size where it measured faster (`winograd.applies`); in training only inside the faster
-    gradients, and from WINOGRAD_TRAINING_CHANNELS channels (below that the forward's gain and the
-    input gradient's measured a wash against the gradient kernels' memory traffic)."""
+    should run as Winograd F(2x2, 3x3) (`winograd.conv3x3`): the checks of `fast_gradients_apply`,
+    float32, and channels and map size where it measured faster (`winograd.applies`). In training
+    only inside the faster gradients (>= MIN_PIXELS) and from WINOGRAD_TRAINING_CHANNELS channels,
+    its gradients through the same tiles (`conv3x3_valid(..., use_winograd=True)`). (Narrower
+    convs and smaller maps measured faster too, 0.42-0.99x TensorFlow's forward + backward, but a
+    whole tiny HRNet-OCR's gradients then moved by up to 1e-2 relative from TensorFlow's, through
+    the forward's rounding alone: not taken until that is understood; BENCHMARKS.md.)"""
     if tuple(conv.kernel_size) != (3, 3) or not _eigen_cpu_conv(conv, padded_shape):
         return False
     h, w = padded_shape[1], padded_shape[2]
@@ -145,9 +147,11 @@ def conv1x1_valid(x, kernel):
 
 def conv3x3_valid(x, kernel, use_winograd=False):
     """`tf.nn.convolution(x, kernel, padding="VALID")` for a 3x3 HWIO `kernel`, with the gradients
-    of the module docstring. `x` is NHWC with static H and W (already padded by the caller).
+    of the module docstring. `x` is NHWC, already padded by the caller, with static H and W unless
+    `use_winograd`.
     `use_winograd`: the forward and the input gradient (a forward conv too) as Winograd
-    F(2x2, 3x3) (`winograd.conv3x3`) instead of TensorFlow's conv op."""
+    F(2x2, 3x3) (`winograd.conv3x3`) instead of TensorFlow's conv op, and the kernel gradient
+    through the same tiles (`winograd.kernel_gradient`) instead of the row matmuls."""
     import tensorflow as tf  # TensorFlow only (see fast_gradients_apply)
 
     def forward(x, kernel):
@@ -165,6 +169,8 @@ def conv3x3_valid(x, kernel, use_winograd=False):
             rotated = tf.transpose(tf.reverse(kernel, axis=[0, 1]), [0, 1, 3, 2])
             # (Padding first and a VALID conv: Eigen's conv with explicit padding measured slower.)
             dx = forward(tf.pad(dy, [[0, 0], [2, 2], [2, 2], [0, 0]]), rotated)
+            if use_winograd:  # the adjoint of the Winograd forward, through the same tiles
+                return dx, winograd.kernel_gradient(x, dy)
             # dL/dkernel[i, j] = sum over pixels of x[h + i, w + j]^T dy[h, w]. With dy placed at
             # column offset j of a padded-width copy (d_j), that is rows_i^T @ d_j over the full
             # padded width, rows_i = x[:, i:i+h] (whole rows: no window copies). The three d_j side
@@ -182,9 +188,9 @@ def conv3x3_valid(x, kernel, use_winograd=False):
     return conv(x, kernel)
 
 
-def conv_valid(x, kernel, use_winograd=False):
+def conv_valid(x, kernel):
     """A stride-1 'valid' conv of NHWC `x` with a 1x1 or 3x3 HWIO `kernel`, with the faster gradients."""
-    return conv1x1_valid(x, kernel) if kernel.shape[0] == 1 else conv3x3_valid(x, kernel, use_winograd)
+    return conv1x1_valid(x, kernel) if kernel.shape[0] == 1 else conv3x3_valid(x, kernel)
 
 
 def apply_conv(conv, x, training):
@@ -197,7 +203,10 @@ def apply_conv(conv, x, training):
         return conv(x)
     dtype = conv.compute_dtype  # what Keras' Conv2D computes in (its own dtype policy)
     x, kernel = keras.ops.cast(x, dtype), keras.ops.cast(conv.kernel, dtype)
-    y = conv_valid(x, kernel, use_winograd) if fast_gradients else winograd.conv3x3(x, kernel)
+    if use_winograd:
+        y = conv3x3_valid(x, kernel, use_winograd=True) if training else winograd.conv3x3(x, kernel)
+    else:
+        y = conv_valid(x, kernel)
     if conv.use_bias:
         y = keras.ops.add(y, keras.ops.reshape(keras.ops.cast(conv.bias, dtype), (1, 1, 1, -1)))
     return y
