@@ -21,10 +21,9 @@ Measured per shape in BENCHMARKS.md (issue 13). TensorFlow's own gradients stay 
 below 8192 output pixels per image (a tie there), for strided or dilated convs, where TensorFlow
 uses oneDNN (its backprop kernels are fast, and the rotated forward conv measured 3x slower), and
 on GPUs and TPUs. Where Winograd does not apply the forward is Keras' own conv op, so outputs are
-bit-identical; the 3x3
-gradients are the same sums in another order (float32 rounding, tested against TensorFlow's
-kernels and a float64 NumPy reference; in bfloat16 they measured closer to the float64 reference
-than TensorFlow's own bfloat16 kernels).
+bit-identical; the 3x3 gradients are the same sums in another order (float32 rounding, tested
+against TensorFlow's kernels and a float64 NumPy reference; in bfloat16 they measured closer to
+the float64 reference than TensorFlow's own bfloat16 kernels).
 
 Written by hand because no library offers these gradient formulations as a switch; TensorFlow only.
 """
