@@ -38,6 +38,8 @@ MIN_PIXELS = 256
 # B^T (input tiles), A^T (output tiles): F(2x2, 3x3), applied along rows and then columns.
 _IN = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
 _OUT = ((1, 1, 1, 0), (0, 1, -1, -1))
+# G (kernel tiles): coefficients 0, 1 and 1/2, exact in binary.
+_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
 
 
 def applies(kernel_shape, output_hw, dtype):
@@ -78,12 +80,8 @@ def transform_kernel(kernel):
     """G g G^T of an HWIO 3x3 `kernel`: a list of 16 (C_in, C_out) matrices, tile position
     (a, b) at index 4 * a + b."""
 
-    def g(taps):  # G @ (g0, g1, g2), G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
-        t0, t1, t2 = taps
-        return [t0, 0.5 * (t0 + t1 + t2), 0.5 * (t0 - t1 + t2), t2]
-
-    rows = g([kernel[0], kernel[1], kernel[2]])  # along the kernel's rows: 4 x (3, C_in, C_out)
-    return [m for r in rows for m in g([r[0], r[1], r[2]])]
+    rows = _combine([kernel[0], kernel[1], kernel[2]], _G)  # along the kernel's rows: 4 x (3, C_in, C_out)
+    return [m for r in rows for m in _combine([r[0], r[1], r[2]], _G)]
 
 
 def conv3x3(x, kernel):
@@ -128,7 +126,7 @@ def kernel_gradient(x, dy):
     by_row = [_combine([d_out[2 * p + q] for q in range(2)], a_matrix) for p in range(2)]  # [p][b]
     d_m = [[_combine([by_row[p][b] for p in range(2)], a_matrix)[a] for b in range(4)] for a in range(4)]
     d_u = [tf.matmul(tiles[4 * a + b], d_m[a][b], transpose_a=True) for a in range(4) for b in range(4)]
-    g_t = ((1, 0.5, 0.5, 0), (0, 0.5, -0.5, 0), (0, 0.5, 0.5, 1))  # G^T (3 x 4)
+    g_t = _transpose(_G)  # G^T (3 x 4)
     rows = [_combine([d_u[4 * a + b] for a in range(4)], g_t) for b in range(4)]  # [b][i]
     return tf.stack([tf.stack(_combine([rows[b][i] for b in range(4)], g_t)) for i in range(3)])
 
