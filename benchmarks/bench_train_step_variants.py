@@ -8,6 +8,8 @@ Variants: keras_bn (Keras' BatchNormalization code), fused_bn (ocr_tf's FusedBat
 TensorFlow's FusedBatchNormV3, with TensorFlow's own conv gradients), default (what ocr_tf runs:
 fused BatchNorm, the stride-1 3x3 / 1x1 conv gradients of `ocr_tf/layers/conv_grad.py` and Winograd
 3x3 convs (`ocr_tf/layers/winograd.py`) where they apply; no_winograd: default without Winograd;
+no_xla: default with the Winograd input transform run op by op (`winograd.XLA`); no_gemm_pad:
+default without the zero GEMM columns (`winograd.GEMM_PAD`);
 fused_bn and the others run none of them), and with --mode infer folded_bn (`fold_batch_norm`
 rebuilds the network with BatchNorm folded into the convs). Each variant is traced once into its own trainer; one thread.
 """
@@ -29,7 +31,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--variants", nargs="+", default=["fused_bn", "default"],
-                   choices=("keras_bn", "fused_bn", "default", "no_winograd", "folded_bn"))
+                   choices=("keras_bn", "fused_bn", "default", "no_winograd", "no_xla", "no_gemm_pad", "folded_bn"))
     p.add_argument("--set", nargs="*", default=[], help="model overrides key=int")
     p.add_argument("--mode", choices=("train", "infer"), default="train",
                    help="infer: a tf.function of network(x, training=False) (variant folded_bn: fold_batch_norm)")
@@ -48,8 +50,10 @@ def main(argv=None):
     for v in a.variants:
         # Read when the variant's graph is traced (its first call).
         batch_norm.USE_FUSED[0] = v != "keras_bn"
-        conv_grad.ENABLED[0] = v in ("default", "no_winograd")
-        winograd.ENABLED[0] = v == "default"
+        conv_grad.ENABLED[0] = v in ("default", "no_winograd", "no_xla", "no_gemm_pad")
+        winograd.ENABLED[0] = v in ("default", "no_xla", "no_gemm_pad")
+        winograd.XLA[0] = v != "no_xla"
+        winograd.GEMM_PAD = 0 if v == "no_gemm_pad" else 16
         keras.utils.set_random_seed(0)
         net = build_model(a.model, 19, **overrides)
         if v == "folded_bn":

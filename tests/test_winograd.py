@@ -54,7 +54,8 @@ def kernel_gradient_calls(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("shape", [(2, 12, 16, 6, 7), (1, 13, 9, 3, 5), (3, 7, 8, 4, 4), (1, 3, 3, 2, 3)])
+# The last shape's matmuls get zero columns (256 outputs: winograd.GEMM_PAD), cropped after.
+@pytest.mark.parametrize("shape", [(2, 12, 16, 6, 7), (1, 13, 9, 3, 5), (3, 7, 8, 4, 4), (1, 3, 3, 2, 3), (1, 6, 5, 256, 256)])
 def test_conv3x3_equals_a_float64_conv(shape):
     # Even, odd and 1-pixel outputs (odd sizes are padded to whole 2x2 tiles and cropped).
     n, h, w, c, o = shape
@@ -83,7 +84,7 @@ def test_conv3x3_in_a_graph_for_any_image_size():
         assert rel(ours, numpy_conv3x3_valid(x, k)) < 2e-6
 
 
-@pytest.mark.parametrize("shape", [(2, 12, 16, 6, 7), (1, 13, 9, 3, 5), (1, 1, 2, 2, 3)])
+@pytest.mark.parametrize("shape", [(2, 12, 16, 6, 7), (1, 13, 9, 3, 5), (1, 1, 2, 2, 3), (1, 6, 5, 256, 256)])
 def test_kernel_gradient_equals_a_float64_reference(shape):
     n, h, w, c, o = shape
     rng = np.random.default_rng(7)
@@ -114,6 +115,37 @@ def test_wide_conv_of_a_trained_size_is_as_close_to_float64_as_eigen():
     ours = winograd.conv3x3(tf.constant(x, tf.float32), tf.constant(k, tf.float32))
     eigen = tf.nn.convolution(tf.constant(x, tf.float32), tf.constant(k, tf.float32), padding="VALID")
     assert rel(ours, reference) < 3 * max(rel(eigen, reference), 3e-7)
+
+
+def compiled_calls(fn, *args):
+    """How many calls in `fn`'s graph XLA must compile."""
+    graph = fn.get_concrete_function(*args).graph
+    return sum(op.node_def.attr["_XlaMustCompile"].b for op in graph.get_operations() if "_XlaMustCompile" in op.node_def.attr)
+
+
+@pytest.mark.parametrize("width", [16, 15])  # even, and odd: padded to whole tiles inside XLA too
+def test_input_transform_of_a_static_size_compiles_with_xla_bit_identical(width):
+    rng = np.random.default_rng(5)
+    c = winograd.XLA_MIN_CHANNELS
+    x = tf.constant(rng.normal(size=(2, 6, width, c)), tf.float32)
+    k = tf.constant(rng.normal(size=(3, 3, c, 8)) / np.sqrt(9 * c), tf.float32)
+    compiled = tf.function(lambda x: winograd._input_tiles(x)[0])
+    op_by_op = tf.function(lambda x: winograd._input_tiles_ops(x)[0])
+    assert compiled_calls(compiled, x) == 1 and compiled_calls(op_by_op, x) == 0
+    for a, b in zip(compiled(x), op_by_op(x)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert compiled_calls(tf.function(winograd.conv3x3), x, k) == 1
+    assert compiled_calls(tf.function(winograd.kernel_gradient), x, tf.zeros((2, 4, width - 2, 8))) == 1
+    assert rel(winograd.conv3x3(x, k), numpy_conv3x3_valid(x.numpy(), k.numpy())) < 2e-6
+    # Any image size (a compile per size would stall predict) and fewer channels: op by op.
+    dynamic = tf.function(winograd.conv3x3, input_signature=[tf.TensorSpec([None, None, None, c]), tf.TensorSpec(k.shape)])
+    assert compiled_calls(dynamic) == 0
+    assert compiled_calls(tf.function(winograd.conv3x3), x[..., : c - 1], k[:, :, : c - 1]) == 0
+    winograd.XLA[0] = False  # the benchmarks' A/B switch
+    try:
+        assert compiled_calls(tf.function(winograd.conv3x3), x, k) == 0
+    finally:
+        winograd.XLA[0] = True
 
 
 def test_applies_only_where_it_measured_faster():

@@ -34,6 +34,20 @@ ENABLED = [True]
 # measured faster than Eigen's conv on the AVX2 box (BENCHMARKS.md, issue 13).
 MIN_CHANNELS = 128
 MIN_PIXELS = 256
+# The input transform (~40 slices and adds, each a pass over memory) compiled by XLA, TensorFlow's
+# compiler, into a few fused loops: bit-identical tiles, 0.5-0.9x the op-by-op time alone; whole
+# Table 4 module (2048 channels in) 0.83x, W48 inference (<= 720) 0.99x and 1.16x under load, so
+# from XLA_MIN_CHANNELS input channels only (BENCHMARKS.md). It compiles once per shape, so only for
+# static sizes (images of any size, predict's graphs, run op by op). The matmuls stay TensorFlow's:
+# XLA's CPU dot measured faster but 3-6x less accurate from 1024 input channels (its sums over K
+# are not blocked like Eigen's). XLA[0] = False: the A/B.
+XLA = [True]
+XLA_MIN_CHANNELS = 1024
+_COMPILED = {}
+# Eigen's GEMM measured 0.65-0.75x slower with 256 or 512 output columns (rows 1 or 2 KiB apart:
+# cache-set conflicts) than with 16 more; so those convs' matmuls get 16 zero columns, cropped after
+# (0.7x the matmul time for the 512-output convs of Table 4 and W48's head, BENCHMARKS.md).
+GEMM_PAD = 16
 
 # B^T (input tiles), A^T (output tiles): F(2x2, 3x3), applied along rows and then columns.
 _IN = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
@@ -99,14 +113,23 @@ def conv3x3(x, kernel):
     import tensorflow as tf  # TensorFlow only (see the module docstring)
 
     tiles, geometry = _input_tiles(x)
+    c_out, extra = kernel.shape[3], _gemm_padding(kernel.shape[2], kernel.shape[3])
+    if extra:
+        kernel = tf.pad(kernel, [[0, 0], [0, 0], [0, 0], [0, extra]])
     m = [tf.matmul(t, u_ab) for t, u_ab in zip(tiles, transform_kernel(kernel))]  # 16 x (T, C_out)
     # A^T M A: along the tile rows (a) for each column b, then along the columns.
     by_column = [_combine([m[4 * a + b] for a in range(4)], _OUT) for b in range(4)]  # [b][dy]
     outputs = [y for dy in range(2) for y in _combine([by_column[b][dy] for b in range(4)], _OUT)]
     h, w, hh, wh, padded = geometry
-    y = tf.reshape(tf.concat(outputs, axis=-1), [-1, hh, wh, 4 * kernel.shape[3]])
+    y = tf.reshape(tf.concat(outputs, axis=-1), [-1, hh, wh, 4 * (c_out + extra)])
     y = tf.nn.depth_to_space(y, 2)  # channels ordered (dy, dx, C_out): the 2x2 tiles in place
-    return y[:, :h, :w] if padded else y
+    return y[:, :h, :w, :c_out] if padded or extra else y
+
+
+def _gemm_padding(c_in, c_out):
+    """Zero columns to add to the (C_in, C_out) matmuls (GEMM_PAD): where C_out is a multiple of
+    256 and C_in >= 256 (at fewer input channels it measured no faster)."""
+    return GEMM_PAD if c_out % 256 == 0 and c_in >= 256 else 0
 
 
 def kernel_gradient(x, dy):
@@ -116,9 +139,10 @@ def kernel_gradient(x, dy):
     import tensorflow as tf
 
     tiles, (h, w, hh, wh, padded) = _input_tiles(x)
-    c_out = dy.shape[-1]
-    if padded:  # the cropped output rows / columns had no gradient
-        dy = tf.pad(dy, [[0, 0], [0, 2 * hh - h], [0, 2 * wh - w], [0, 0]])
+    c_out, extra = dy.shape[-1], _gemm_padding(x.shape[-1], dy.shape[-1])
+    if padded or extra:  # the cropped output rows / columns had no gradient; zero GEMM columns
+        dy = tf.pad(dy, [[0, 0], [0, 2 * hh - h], [0, 2 * wh - w], [0, extra]])
+    c_out += extra
     # dY per output position (p, q) of the 2x2 tiles: channel blocks of space_to_depth.
     s2d = tf.reshape(tf.nn.space_to_depth(dy, 2), [-1, 4 * c_out])
     d_out = [s2d[:, k * c_out : (k + 1) * c_out] for k in range(4)]  # (p, q) = (0,0), (0,1), (1,0), (1,1)
@@ -128,13 +152,33 @@ def kernel_gradient(x, dy):
     d_u = [tf.matmul(tiles[4 * a + b], d_m[a][b], transpose_a=True) for a in range(4) for b in range(4)]
     g_t = _transpose(_G)  # G^T (3 x 4)
     rows = [_combine([d_u[4 * a + b] for a in range(4)], g_t) for b in range(4)]  # [b][i]
-    return tf.stack([tf.stack(_combine([rows[b][i] for b in range(4)], g_t)) for i in range(3)])
+    dkernel = tf.stack([tf.stack(_combine([rows[b][i] for b in range(4)], g_t)) for i in range(3)])
+    return dkernel[..., : c_out - extra] if extra else dkernel
+
+
+def compiles(x_shape):
+    """Whether the input transform of an NHWC input of `x_shape` runs compiled by XLA: static
+    height and width (one compile per shape) and >= XLA_MIN_CHANNELS channels."""
+    static = x_shape[1] is not None and x_shape[2] is not None
+    return XLA[0] and static and x_shape[3] >= XLA_MIN_CHANNELS
 
 
 def _input_tiles(x):
     """B^T d B of every 4x4 input tile (stride 2) of NHWC `x`: 16 (tiles, C_in) matrices, position
     (a, b) at 4 * a + b, and (h, w, hh, wh, padded): the output size, the tile grid, whether `x` was
     padded to whole tiles (an odd or unknown size)."""
+    if not compiles(x.shape):
+        return _input_tiles_ops(x)
+    if "tiles" not in _COMPILED:
+        import tensorflow as tf
+
+        _COMPILED["tiles"] = tf.function(lambda x: _input_tiles_ops(x)[0], jit_compile=True, autograph=False)
+    return _COMPILED["tiles"](x), _input_tiles_ops(x, grid_only=True)
+
+
+def _input_tiles_ops(x, grid_only=False):
+    """`_input_tiles` as TensorFlow ops, one by one unless the caller compiles them; with
+    `grid_only` just the geometry."""
     import tensorflow as tf
 
     c_in = x.shape[-1]
@@ -142,9 +186,11 @@ def _input_tiles(x):
     h, w = (x.shape[i] - 2 if x.shape[i] is not None else tf.shape(x)[i] - 2 for i in (1, 2))
     odd_h, odd_w = h % 2, w % 2
     padded = not (isinstance(h, int) and isinstance(w, int)) or bool(odd_h or odd_w)
+    hh, wh = (h + odd_h) // 2, (w + odd_w) // 2
+    if grid_only:
+        return h, w, hh, wh, padded
     if padded:  # one more output row / column for whole 2x2 tiles; cropped by the caller
         x = tf.pad(x, [[0, 0], [0, odd_h], [0, odd_w], [0, 0]])
-    hh, wh = (h + odd_h) // 2, (w + odd_w) // 2
     # Tile (i, j) reads rows 2i..2i+3 and columns 2j..2j+3. With rows and columns split by parity
     # (a reshape, no copy), its row k is [i + k // 2, parity k % 2]: plain slices of whole rows.
     xr = tf.reshape(x, [-1, hh + 1, 2, wh + 1, 2, c_in])
