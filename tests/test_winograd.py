@@ -297,3 +297,60 @@ def test_exports_trace_the_standard_conv(eigen_cpu, winograd_calls):
     with conv_grad.keras_conv_ops(), conv_grad.keras_conv_ops():  # nests
         pass
     assert conv_grad._KERAS_CONV_OPS[0] == 0
+
+
+def test_whole_network_winograd_gradients_are_as_close_to_float64_as_tensorflows(monkeypatch, eigen_cpu, winograd_calls):
+    """The stride-1 3x3 ConvBNs of a tiny HRNet-OCR through Winograd in training (the channel and
+    gradient rules lowered to reach its narrow convs; Winograd's own map-size rule as it is, >= 256
+    output pixels): its weight gradients differ from TensorFlow's float32 ones by up to ~1e-2,
+    because training-mode BatchNorm on a small batch amplifies float32 rounding: TensorFlow's own
+    float32 gradients are up to 7.5e-2 from a float64 step's. So the check is against float64:
+    each gradient no further from it than twice TensorFlow's float32 error (measured <= 1.4x; with
+    Winograd on maps below 256 pixels too, up to 13.6x)."""
+    from ocr_tf.layers import batch_norm
+    from ocr_tf.losses import SegmentationLoss
+    from ocr_tf.models import build_model
+
+    monkeypatch.setattr(conv_grad, "MIN_PIXELS", 1)
+    monkeypatch.setattr(conv_grad, "WINOGRAD_TRAINING_CHANNELS", 1)
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(2, 64, 96, 3)), rng.integers(0, 5, size=(2, 64, 96)).astype(np.int32)
+    keras.utils.set_random_seed(0)
+    weights = build_model("hrnet_tiny_ocr", 5, dropout=0.0).get_weights()
+
+    def grads(dtype, ours):
+        monkeypatch.setattr(conv_grad, "ENABLED", [ours])
+        monkeypatch.setattr(batch_norm, "USE_FUSED", [dtype == "float32"])  # FusedBatchNormV3 has no float64
+        keras.config.set_floatx(dtype)
+        keras.config.set_dtype_policy(dtype)
+        try:
+            net = build_model("hrnet_tiny_ocr", 5, dropout=0.0)
+        finally:
+            keras.config.set_floatx("float32")
+            keras.config.set_dtype_policy("float32")
+        net.set_weights([w.astype(dtype) for w in weights])
+        loss_fn = SegmentationLoss(5, 255, aux_weight=0.4)
+
+        @tf.function(autograph=False)
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, net(x, training=True))["loss"]
+            return tape.gradient(loss, net.trainable_weights)
+
+        return [g.numpy().astype(np.float64) for g in step(tf.constant(x, dtype), tf.constant(y))]
+
+    g64 = grads("float64", False)
+    g_tf = grads("float32", False)
+    assert winograd_calls == []
+    g_ours = grads("float32", True)
+    assert len(winograd_calls) >= 16  # the forward and input gradient of the 3x3 convs on >= 256 px (9)
+    scale = max(np.abs(g).max() for g in g64)
+    checked = 0
+    for ours, tf32, ref in zip(g_ours, g_tf, g64):
+        if np.abs(ref).max() < 1e-9 * scale:  # biases before BatchNorm: zero gradient, float32 noise
+            continue
+        err_ours, err_tf = rel(ours, ref), rel(tf32, ref)
+        assert err_ours <= 2 * err_tf + 1e-6, (err_ours, err_tf)
+        checked += 1
+    assert checked > 150
