@@ -111,7 +111,7 @@ def winograd_applies(conv, padded_shape, training):
     its gradients through the same tiles (`conv3x3_valid(..., use_winograd=True)`). (Narrower
     convs and smaller maps measured 0.42-0.99x TensorFlow's forward + backward per conv, but the
     whole W48 step at 512 x 1024 0.99x, with a first step (tracing) 2.2x longer: not taken. Their
-    gradients are fine: as close to a float64 step's as TensorFlow's own, tests/test_winograd.py.)"""
+    whole-network gradients against a float64 step: BENCHMARKS.md, not settled.)"""
     if tuple(conv.kernel_size) != (3, 3) or not _eigen_cpu_conv(conv, padded_shape):
         return False
     h, w = padded_shape[1], padded_shape[2]
