@@ -142,10 +142,10 @@ def kernel_gradient(x, dy):
     c_out, extra = dy.shape[-1], _gemm_padding(x.shape[-1], dy.shape[-1])
     if padded or extra:  # the cropped output rows / columns had no gradient; zero GEMM columns
         dy = tf.pad(dy, [[0, 0], [0, 2 * hh - h], [0, 2 * wh - w], [0, extra]])
-    c_out += extra
+    width = c_out + extra
     # dY per output position (p, q) of the 2x2 tiles: channel blocks of space_to_depth.
-    s2d = tf.reshape(tf.nn.space_to_depth(dy, 2), [-1, 4 * c_out])
-    d_out = [s2d[:, k * c_out : (k + 1) * c_out] for k in range(4)]  # (p, q) = (0,0), (0,1), (1,0), (1,1)
+    s2d = tf.reshape(tf.nn.space_to_depth(dy, 2), [-1, 4 * width])
+    d_out = [s2d[:, k * width : (k + 1) * width] for k in range(4)]  # (p, q) = (0,0), (0,1), (1,0), (1,1)
     a_matrix = _transpose(_OUT)  # A (4 x 2)
     by_row = [_combine([d_out[2 * p + q] for q in range(2)], a_matrix) for p in range(2)]  # [p][b]
     d_m = [[_combine([by_row[p][b] for p in range(2)], a_matrix)[a] for b in range(4)] for a in range(4)]
@@ -153,7 +153,7 @@ def kernel_gradient(x, dy):
     g_t = _transpose(_G)  # G^T (3 x 4)
     rows = [_combine([d_u[4 * a + b] for a in range(4)], g_t) for b in range(4)]  # [b][i]
     dkernel = tf.stack([tf.stack(_combine([rows[b][i] for b in range(4)], g_t)) for i in range(3)])
-    return dkernel[..., : c_out - extra] if extra else dkernel
+    return dkernel[..., :c_out] if extra else dkernel
 
 
 def compiles(x_shape):
@@ -173,22 +173,26 @@ def _input_tiles(x):
         import tensorflow as tf
 
         _COMPILED["tiles"] = tf.function(lambda x: _input_tiles_ops(x)[0], jit_compile=True, autograph=False)
-    return _COMPILED["tiles"](x), _input_tiles_ops(x, grid_only=True)
+    return _COMPILED["tiles"](x), _tile_grid(x)
 
 
-def _input_tiles_ops(x, grid_only=False):
-    """`_input_tiles` as TensorFlow ops, one by one unless the caller compiles them; with
-    `grid_only` just the geometry."""
+def _tile_grid(x):
+    """(h, w, hh, wh, padded) of `_input_tiles` for NHWC `x`."""
+    import tensorflow as tf
+
+    # Static sizes where known (a plain graph), else tensors (images of any size, e.g. predict).
+    h, w = (x.shape[i] - 2 if x.shape[i] is not None else tf.shape(x)[i] - 2 for i in (1, 2))
+    padded = not (isinstance(h, int) and isinstance(w, int)) or bool(h % 2 or w % 2)
+    return h, w, (h + h % 2) // 2, (w + w % 2) // 2, padded
+
+
+def _input_tiles_ops(x):
+    """`_input_tiles` as TensorFlow ops, one by one unless the caller compiles them."""
     import tensorflow as tf
 
     c_in = x.shape[-1]
-    # Static sizes where known (a plain graph), else tensors (images of any size, e.g. predict).
-    h, w = (x.shape[i] - 2 if x.shape[i] is not None else tf.shape(x)[i] - 2 for i in (1, 2))
-    odd_h, odd_w = h % 2, w % 2
-    padded = not (isinstance(h, int) and isinstance(w, int)) or bool(odd_h or odd_w)
-    hh, wh = (h + odd_h) // 2, (w + odd_w) // 2
-    if grid_only:
-        return h, w, hh, wh, padded
+    h, w, hh, wh, padded = _tile_grid(x)
+    odd_h, odd_w = 2 * hh - h, 2 * wh - w
     if padded:  # one more output row / column for whole 2x2 tiles; cropped by the caller
         x = tf.pad(x, [[0, 0], [0, odd_h], [0, odd_w], [0, 0]])
     # Tile (i, j) reads rows 2i..2i+3 and columns 2j..2j+3. With rows and columns split by parity
