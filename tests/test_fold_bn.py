@@ -1,16 +1,14 @@
 """`ocr_tf.fold_bn.fold_batch_norm`: the folded copy computes what the network computes (issue 13)."""
 
 import json
-import os
 
 import numpy as np
 import pytest
 
-from ocr_tf import convert
 from ocr_tf.fold_bn import conv_bn_layers, fold_batch_norm
 from ocr_tf.models import build_model
+from official_fixture import FIXTURE, fixture_model, load_fixture
 
-FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "hrnet_ocr_tiny_official.npz")
 TOL = 1e-5  # max |folded - unfolded| / max |unfolded|
 
 
@@ -41,13 +39,8 @@ def assert_folded_equal(model, x):
 
 
 def test_folded_official_fixture_model_equals_unfolded_and_the_official_outputs():
-    with np.load(FIXTURE) as data:
-        fixture = {k: data[k] for k in data.files}
-    cfg = json.loads(str(fixture["config"]))
-    model = build_model("hrnet_w18_ocr", cfg["num_classes"], extra=cfg["extra"], mid_channels=cfg["ocr_mid_channels"],
-                        key_channels=cfg["ocr_key_channels"], align_corners=cfg["align_corners"])
-    state = {k[len("state/"):]: v for k, v in fixture.items() if k.startswith("state/")}
-    convert.load_official_weights(model, convert.clean_state_dict(state))
+    fixture = load_fixture()
+    model = fixture_model(fixture)
     x = np.transpose(fixture["input_0"], (0, 2, 3, 1))
     folded = assert_folded_equal(model, x)
     official = np.transpose(fixture["out_0"], (0, 2, 3, 1))

@@ -35,6 +35,7 @@ from keras import ops
 
 from ocr_tf.layers.common import ConvBN, check_label_range, head_output_shapes, resize_bilinear
 from ocr_tf.layers.context import AuxFCN, ContextHead
+from ocr_tf.layers.conv_grad import apply_conv
 from ocr_tf.layers.ocr import SpatialGather
 from ocr_tf.preprocessing import IGNORE_LABEL
 
@@ -290,7 +291,7 @@ class AblationOCRHead(keras.layers.Layer):
         x = self.fuse(ops.concatenate([context, feats], axis=-1), training=training)
         if self.drop is not None:
             x = self.drop(x, training=training)
-        return {"logits": self.cls_head(x), "aux_logits": aux_logits}
+        return {"logits": apply_conv(self.cls_head, x, training), "aux_logits": aux_logits}
 
     def compute_output_shape(self, features_shape, aux_features_shape=None, labels_shape=None):
         return head_output_shapes(self.num_classes, features_shape, aux_features_shape)

@@ -34,6 +34,7 @@ import keras
 from keras import ops
 
 from ocr_tf.layers.common import ConvBN, head_output_shapes, resize_bilinear
+from ocr_tf.layers.conv_grad import apply_conv
 from ocr_tf.layers.ocr import SpatialOCR
 
 # Table 4's setting: a 1 x 2048 x 128 x 128 input, K = 19; OCR with the paper's widths.
@@ -75,7 +76,7 @@ class AuxFCN(keras.layers.Layer):
         x = self.conv(x, training=training)
         if self.drop is not None:
             x = self.drop(x, training=training)
-        return self.cls(x)
+        return apply_conv(self.cls, x, training)  # self.cls(x), matmul gradients on CPU
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:3], self.num_classes)
@@ -156,7 +157,7 @@ class ContextHead(keras.layers.Layer):
 
     def context_logits(self, features, training=None):
         """The context module alone (what Table 4 measures): features -> logits."""
-        return self.cls_head(self.context(features, training=training))
+        return apply_conv(self.cls_head, self.context(features, training=training), training)
 
     def call(self, features, aux_features=None, training=None):
         aux_logits = self.aux_head(features if aux_features is None else aux_features, training=training)

@@ -171,14 +171,21 @@ def conv3x3_valid(x, kernel, use_winograd=False):
             if use_winograd:  # the adjoint of the Winograd forward, through the same tiles
                 return dx, winograd.kernel_gradient(x, dy)
             # dL/dkernel[i, j] = sum over pixels of x[h + i, w + j]^T dy[h, w]. With dy placed at
-            # column offset j of a padded-width copy (d_j), that is rows_i^T @ d_j over the full
-            # padded width, rows_i = x[:, i:i+h] (whole rows: no window copies). The three d_j side
-            # by side make it 3 matmuls, rows_i^T @ [d_0 d_1 d_2] -> (c_in, 3 * c_out), each a
-            # large-K GEMM (measured faster than 9 window matmuls and than Eigen's kernel).
+            # column offset j of a padded-size copy (d_j: zeros in the last 2 rows and around the
+            # columns), that is x_i^T @ d_j over every padded pixel, x_i = x shifted up by i rows.
+            # The three d_j side by side make it 3 matmuls, x_i^T @ [d_0 d_1 d_2] -> (c_in, 3 * c_out),
+            # each a large-K GEMM (measured faster than 9 window matmuls and than Eigen's kernel).
+            # Flattened to (pixels, channels), x_i is a slice of rows starting i image rows later: a
+            # view, not a copy (TensorFlow slices the first dimension in place when aligned); the
+            # slices end 2 image rows early, where the last image's d_j is zero anyway. Rows that
+            # run into the next image of the batch meet d_j's zero rows.
             c_in, c_out = x.shape[-1], dy.shape[-1]
-            shifted = tf.concat([tf.pad(dy, [[0, 0], [0, 0], [j, 2 - j], [0, 0]]) for j in range(3)], axis=-1)
+            wp = w + 2  # padded width: the flattened offset of one image row
+            shifted = tf.concat([tf.pad(dy, [[0, 0], [0, 2], [j, 2 - j], [0, 0]]) for j in range(3)], axis=-1)
             shifted = tf.reshape(shifted, [-1, 3 * c_out])
-            rows = [tf.matmul(tf.reshape(x[:, i : i + h], [-1, c_in]), shifted, transpose_a=True) for i in range(3)]
+            flat = tf.reshape(x, [-1, c_in])
+            length = tf.shape(flat)[0] - 2 * wp
+            rows = [tf.matmul(flat[i * wp : i * wp + length], shifted[:length], transpose_a=True) for i in range(3)]
             dkernel = tf.transpose(tf.reshape(tf.stack(rows), [3, c_in, 3, c_out]), [0, 2, 1, 3])
             return dx, dkernel
 

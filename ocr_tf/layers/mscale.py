@@ -25,6 +25,7 @@ import keras
 from keras import ops
 
 from ocr_tf.layers.common import ConvBN, head_output_shapes, resize_bilinear
+from ocr_tf.layers.conv_grad import apply_conv
 from ocr_tf.layers.ocr import OCRHead
 
 OUTPUT_KEYS = ("logits", "aux_logits", "attention")
@@ -96,12 +97,12 @@ class MscaleOCRHead(OCRHead):
 
     def call(self, features, aux_features=None, training=None):
         # OCRHead.call's steps, keeping the OCR features that the attention head needs.
-        aux_logits = self.aux_cls(self.aux_head(features, training=training))
+        aux_logits = apply_conv(self.aux_cls, self.aux_head(features, training=training), training)
         feats = self.conv3x3_ocr(features, training=training)
         regions = self.gather(feats, aux_logits)
         ocr_feats = self.ocr(feats, regions, training=training)
         return {
-            "logits": self.cls_head(ocr_feats),
+            "logits": apply_conv(self.cls_head, ocr_feats, training),
             "aux_logits": aux_logits,
             "attention": self.scale_attn(ocr_feats, training=training),
         }

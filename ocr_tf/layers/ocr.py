@@ -15,6 +15,7 @@ import keras
 from keras import ops
 
 from ocr_tf.layers.common import ConvBN, head_output_shapes, resize_bilinear
+from ocr_tf.layers.conv_grad import apply_conv
 
 
 def _check_rank(name, shape, rank, what):
@@ -354,7 +355,7 @@ class OCRHead(keras.layers.Layer):
     def call(self, features, aux_features=None, training=None):
         stem = self.aux_head(features if aux_features is None else aux_features, training=training)
         aux = self.aux_dropout(stem, training=training) if self.aux_dropout is not None else stem
-        aux_logits = self.aux_cls(aux)
+        aux_logits = apply_conv(self.aux_cls, aux, training)  # self.aux_cls(aux), matmul gradients on CPU
         feats = stem if self.shared_stem else self.conv3x3_ocr(features, training=training)
         if aux_features is not None:
             # The ResNet recipe's stage 3 and 4 share one stride; guard against a mismatch anyway.
@@ -363,7 +364,7 @@ class OCRHead(keras.layers.Layer):
             aux_logits_at_feats = aux_logits
         regions = self.gather(feats, aux_logits_at_feats)
         feats = self.ocr(feats, regions, training=training)
-        logits = self.cls_head(feats)
+        logits = apply_conv(self.cls_head, feats, training)
         return {"logits": logits, "aux_logits": aux_logits}
 
     def compute_output_shape(self, features_shape, aux_features_shape=None):
