@@ -9,7 +9,9 @@ TensorFlow's FusedBatchNormV3, with TensorFlow's own conv gradients), default (w
 fused BatchNorm, the stride-1 3x3 / 1x1 conv gradients of `ocr_tf/layers/conv_grad.py` and Winograd
 3x3 convs (`ocr_tf/layers/winograd.py`) where they apply; no_winograd: default without Winograd;
 no_xla: default with the Winograd input transform run op by op (`winograd.XLA`); no_gemm_pad:
-default without the zero GEMM columns (`winograd.GEMM_PAD`);
+default without the zero GEMM columns (`winograd.GEMM_PAD`); explicit_pad: default with stride-1
+ConvBNs padded by a ZeroPadding2D before a 'valid' conv instead of inside a 'same' conv
+(`common.PAD_INSIDE_CONV`);
 fused_bn and the others run none of them), and with --mode infer folded_bn (`fold_batch_norm`
 rebuilds the network with BatchNorm folded into the convs). Each variant is traced once into its own trainer; one thread.
 """
@@ -31,7 +33,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--variants", nargs="+", default=["fused_bn", "default"],
-                   choices=("keras_bn", "fused_bn", "default", "no_winograd", "no_xla", "no_gemm_pad", "folded_bn"))
+                   choices=("keras_bn", "fused_bn", "default", "no_winograd", "no_xla", "no_gemm_pad", "explicit_pad", "folded_bn"))
     p.add_argument("--set", nargs="*", default=[], help="model overrides key=int")
     p.add_argument("--mode", choices=("train", "infer"), default="train",
                    help="infer: a tf.function of network(x, training=False) (variant folded_bn: fold_batch_norm)")
@@ -42,7 +44,7 @@ def main(argv=None):
     from profile_train_step import make_step, set_threads  # the same step, profiled there
 
     set_threads(a.threads)
-    from ocr_tf.layers import batch_norm, conv_grad, winograd
+    from ocr_tf.layers import batch_norm, common, conv_grad, winograd
     from ocr_tf.models import build_model
 
     overrides = {kv.split("=")[0]: int(kv.split("=")[1]) for kv in a.set}
@@ -50,8 +52,9 @@ def main(argv=None):
     for v in a.variants:
         # Read when the variant's graph is traced (its first call).
         batch_norm.USE_FUSED[0] = v != "keras_bn"
-        conv_grad.ENABLED[0] = v in ("default", "no_winograd", "no_xla", "no_gemm_pad")
-        winograd.ENABLED[0] = v in ("default", "no_xla", "no_gemm_pad")
+        conv_grad.ENABLED[0] = v in ("default", "no_winograd", "no_xla", "no_gemm_pad", "explicit_pad")
+        winograd.ENABLED[0] = v in ("default", "no_xla", "no_gemm_pad", "explicit_pad")
+        common.PAD_INSIDE_CONV[0] = v != "explicit_pad"
         winograd.XLA[0] = v != "no_xla"
         winograd.GEMM_PAD = 0 if v == "no_gemm_pad" else 16
         keras.utils.set_random_seed(0)

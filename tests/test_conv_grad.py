@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from ocr_tf.layers import ConvBN, conv_grad
-from ocr_tf.layers.conv_grad import conv1x1_valid, conv3x3_valid, fast_gradients_apply
+from ocr_tf.layers.conv_grad import conv1x1_valid, conv3x3, fast_gradients_apply
 
 
 def rel(a, b):
@@ -16,7 +16,7 @@ def rel(a, b):
     return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12)
 
 
-def numpy_conv3x3_valid_and_grads(x, k, dy):
+def numpy_conv3x3_and_grads(x, k, dy):
     """Float64 reference: y = valid correlation, dL/dx and dL/dk for upstream gradient dy."""
     x, k, dy = (np.asarray(v, np.float64) for v in (x, k, dy))
     h, w = x.shape[1] - 2, x.shape[2] - 2
@@ -30,28 +30,34 @@ def numpy_conv3x3_valid_and_grads(x, k, dy):
     return y, dx, dk
 
 
-def ours_and_tensorflows(conv, x, k, dy):
-    """(output, dL/dx, dL/dk) of `conv` and of TensorFlow's own VALID conv, for upstream gradient dy."""
+def ours_and_tensorflows(conv, x, k, dy, padding="VALID"):
+    """(output, dL/dx, dL/dk) of `conv` and of TensorFlow's own conv with `padding`, for upstream gradient dy."""
     with tf.GradientTape(persistent=True) as tape:
         tape.watch([x, k])
-        outputs = [conv(x, k), tf.nn.convolution(x, k, padding="VALID")]
+        outputs = [conv(x, k), tf.nn.convolution(x, k, padding=padding)]
     return [(y, *tape.gradient(y, [x, k], output_gradients=dy)) for y in outputs]
 
 
-def test_conv3x3_valid_forward_is_keras_and_gradients_match_numpy_and_tensorflow():
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+def test_conv3x3_forward_is_keras_and_gradients_match_numpy_and_tensorflow(padding):
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(size=(2, 13, 17, 5)).astype(np.float32))
     k = tf.constant(rng.normal(size=(3, 3, 5, 7)).astype(np.float32))
-    dy = tf.constant(rng.normal(size=(2, 11, 15, 7)).astype(np.float32))
+    out = (11, 15) if padding == "VALID" else (13, 17)
+    dy = tf.constant(rng.normal(size=(2, *out, 7)).astype(np.float32))
 
-    layer = keras.layers.Conv2D(7, 3, padding="valid", use_bias=False)
+    layer = keras.layers.Conv2D(7, 3, padding=padding.lower(), use_bias=False)
     layer.build(x.shape)
     layer.kernel.assign(k)
 
-    (ours, ours_dx, ours_dk), (theirs, tf_dx, tf_dk) = ours_and_tensorflows(conv3x3_valid, x, k, dy)
+    conv = lambda x, k: conv3x3(x, k, padding)  # noqa: E731
+    (ours, ours_dx, ours_dk), (theirs, tf_dx, tf_dk) = ours_and_tensorflows(conv, x, k, dy, padding)
 
     np.testing.assert_array_equal(ours.numpy(), layer(x).numpy())  # the same forward op
-    y64, dx64, dk64 = numpy_conv3x3_valid_and_grads(x, k, dy)
+    # SAME is VALID on x padded by one; its input gradient is the padded one's without the border.
+    xp = np.pad(x.numpy(), ((0, 0), (1, 1), (1, 1), (0, 0))) if padding == "SAME" else x.numpy()
+    y64, dx64, dk64 = numpy_conv3x3_and_grads(xp, k, dy)
+    dx64 = dx64[:, 1:-1, 1:-1] if padding == "SAME" else dx64
     assert rel(ours, y64) < 1e-6
     assert rel(ours_dx, dx64) < 1e-6 and rel(ours_dk, dk64) < 1e-6
     assert rel(ours_dx, tf_dx) < 1e-6 and rel(ours_dk, tf_dk) < 1e-6
@@ -70,8 +76,8 @@ def test_conv1x1_valid_forward_is_keras_and_gradients_match_numpy_and_tensorflow
     assert rel(ours_dx, tf_dx) < 1e-6 and rel(ours_dk, tf_dk) < 1e-6
 
 
-def built_conv(kernel_size=3, strides=1, dilation_rate=1, shape=(1, 98, 98, 4)):
-    conv = keras.layers.Conv2D(4, kernel_size, strides=strides, dilation_rate=dilation_rate, padding="valid")
+def built_conv(kernel_size=3, strides=1, dilation_rate=1, shape=(1, 98, 98, 4), padding="valid"):
+    conv = keras.layers.Conv2D(4, kernel_size, strides=strides, dilation_rate=dilation_rate, padding=padding)
     conv.build(shape)
     return conv
 
@@ -89,6 +95,9 @@ def test_rule_takes_stride1_1x1_convs_and_3x3_convs_on_large_maps_in_training(mo
     assert not fast_gradients_apply(built_conv(kernel_size=5), big, training=True)
     assert not fast_gradients_apply(built_conv(), (1, 90, 90, 4), training=True)  # 88 x 88 < 8192
     assert not fast_gradients_apply(built_conv(), (1, None, 98, 4), training=True)  # unknown size
+    same = built_conv(padding="same")  # the output is the input's size
+    assert fast_gradients_apply(same, (1, 96, 96, 4), training=True)
+    assert not fast_gradients_apply(same, (1, 90, 90, 4), training=True)
     monkeypatch.setattr(conv_grad, "tensorflow_has_accelerator", lambda: True)
     assert not fast_gradients_apply(built_conv(), big, training=True)  # cuDNN's kernels: not measured
     monkeypatch.setattr(conv_grad, "tensorflow_has_accelerator", lambda: False)
@@ -182,11 +191,11 @@ def test_bfloat16_gradients_are_within_bfloat16_rounding(shape):
     dy = tf.cast(rng.normal(size=(n, h - 2, w - 2, o)), tf.bfloat16)
     with tf.GradientTape() as tape:
         tape.watch([x, k])
-        y = conv3x3_valid(x, k)
+        y = conv3x3(x, k)
     dx, dk = tape.gradient(y, [x, k], output_gradients=dy)
     assert dx.dtype == dk.dtype == tf.bfloat16
     as64 = [tf.cast(v, tf.float64).numpy() for v in (x, k, dy, dx, dk)]
-    _, dx64, dk64 = numpy_conv3x3_valid_and_grads(*as64[:3])
+    _, dx64, dk64 = numpy_conv3x3_and_grads(*as64[:3])
     assert rel(as64[3], dx64) < 1e-2 and rel(as64[4], dk64) < 1e-2
 
 

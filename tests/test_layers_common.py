@@ -64,6 +64,24 @@ def test_stride2_conv_pads_symmetrically_like_pytorch(size):
         assert not np.allclose(same, want, atol=1e-3)
 
 
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_stride1_conv_pads_inside_the_conv_like_pytorch(dilation):
+    # PyTorch's padding=d on each side is Keras' 'same' at stride 1: no ZeroPadding2D, no padded
+    # copy; the output equals the float64 conv of the explicitly padded input.
+    layer = ConvBN(4, 3, dilation_rate=dilation, activation=None)
+    x = np.random.default_rng(4).normal(size=(2, 9, 8, 3)).astype(np.float32)
+    y = layer(x, training=False).numpy()
+    assert layer.pad is None and layer.conv.padding == "same"
+    kernel = layer.conv.kernel.numpy().astype(np.float64)
+    if dilation > 1:  # a dilated 3x3 kernel is a 5x5 one with zero taps between
+        kernel = np.zeros((5, 5, 3, 4))
+        kernel[::2, ::2] = layer.conv.kernel.numpy()
+    want = ref.conv(x.astype(np.float64), kernel, stride=1, pad=dilation) / np.sqrt(1 + 1e-5)  # fresh BN
+    assert y.shape == want.shape == (2, 9, 8, 4)
+    np.testing.assert_allclose(y, want, atol=1e-5)
+    assert ConvBN(4, 3, strides=2).pad is not None and ConvBN(4, 1).pad is None
+
+
 def test_dilated_conv_keeps_size_and_bn_defaults_match_pytorch():
     layer = ConvBN(6, 3, dilation_rate=2, synchronized=True)
     y = layer(np.zeros((2, 7, 9, 5), np.float32))

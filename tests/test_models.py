@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from ocr_tf.backbones.hrnet import hrnet_backbone
+from ocr_tf.layers import ConvBN
 from ocr_tf.models import FCNHead, build_model, list_models
 from official_fixture import fixture_model
 
@@ -143,6 +144,33 @@ def test_save_and_reload_keras_file(tiny, tmp_path):
     got = keras.models.load_model(path)(x)
     for key in want:
         np.testing.assert_allclose(np.asarray(got[key]), np.asarray(want[key]), rtol=1e-5, atol=1e-6)
+
+
+def test_files_saved_before_stride1_convs_padded_inside_still_load(tiny, tmp_path):
+    # Until 2026-12 every 3x3 ConvBN had a ZeroPadding2D sub-layer before a 'valid' conv (the
+    # benchmarks' PAD_INSIDE_CONV switch still builds that); its .keras and .weights.h5 files
+    # load into today's layers and compute the same.
+    from ocr_tf.layers import common
+
+    common.PAD_INSIDE_CONV[0] = False
+    try:
+        old = build_model("hrnet_w18_ocr", 5, **tiny)
+    finally:
+        common.PAD_INSIDE_CONV[0] = True
+    assert any(isinstance(l, keras.layers.ZeroPadding2D) and l.name == "pad" for l in old._flatten_layers())
+    x = image()
+    want = old(x, training=False)
+    old.save(tmp_path / "old.keras")
+    old.save_weights(tmp_path / "old.weights.h5")
+    loaded = keras.models.load_model(tmp_path / "old.keras")
+    rebuilt = build_model("hrnet_w18_ocr", 5, **tiny)
+    rebuilt.load_weights(tmp_path / "old.weights.h5")
+    for model in (loaded, rebuilt):
+        stride1 = [l for l in model._flatten_layers() if isinstance(l, ConvBN) and l.strides == 1 and l.kernel_size == 3]
+        assert stride1 and all(l.pad is None and l.conv.padding == "same" for l in stride1)
+        got = model(x, training=False)
+        for key in want:
+            np.testing.assert_allclose(np.asarray(got[key]), np.asarray(want[key]), rtol=1e-5, atol=1e-6)
 
 
 def test_backbone_weights_override_loads_and_refuses(tiny, tmp_path):

@@ -15,6 +15,11 @@ def rel(a, b):
     return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12)
 
 
+def pad1(x):
+    """x padded by one zero row and column on each side: SAME is VALID on this."""
+    return np.pad(np.asarray(x), ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+
 def numpy_conv3x3_valid(x, k):
     x, k = np.asarray(x, np.float64), np.asarray(k, np.float64)
     h, w = x.shape[1] - 2, x.shape[2] - 2
@@ -33,9 +38,9 @@ def winograd_calls(monkeypatch):
     calls = []
     original = winograd.conv3x3
 
-    def counted(x, kernel):
+    def counted(x, kernel, *args):
         calls.append((tuple(x.shape[1:]), tuple(kernel.shape)))
-        return original(x, kernel)
+        return original(x, kernel, *args)
 
     monkeypatch.setattr(winograd, "conv3x3", counted)
     return calls
@@ -46,54 +51,60 @@ def kernel_gradient_calls(monkeypatch):
     calls = []
     original = winograd.kernel_gradient
 
-    def counted(x, dy):
+    def counted(x, dy, *args):
         calls.append(tuple(x.shape[1:]))
-        return original(x, dy)
+        return original(x, dy, *args)
 
     monkeypatch.setattr(winograd, "kernel_gradient", counted)
     return calls
 
 
 # The last shape's matmuls get zero columns (256 outputs: winograd.GEMM_PAD), cropped after.
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
 @pytest.mark.parametrize("shape", [(2, 12, 16, 6, 7), (1, 13, 9, 3, 5), (3, 7, 8, 4, 4), (1, 3, 3, 2, 3), (1, 6, 5, 256, 256)])
-def test_conv3x3_equals_a_float64_conv(shape):
+def test_conv3x3_equals_a_float64_conv(shape, padding):
     # Even, odd and 1-pixel outputs (odd sizes are padded to whole 2x2 tiles and cropped).
     n, h, w, c, o = shape
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(n, h + 2, w + 2, c))
+    x = rng.normal(size=(n, h + 2, w + 2, c)) if padding == "VALID" else rng.normal(size=(n, h, w, c))
     k = rng.normal(size=(3, 3, c, o))
-    ours = winograd.conv3x3(tf.constant(x, tf.float32), tf.constant(k, tf.float32)).numpy()
+    ours = winograd.conv3x3(tf.constant(x, tf.float32), tf.constant(k, tf.float32), padding).numpy()
     assert ours.shape == (n, h, w, o)
-    reference = numpy_conv3x3_valid(x, k)
-    eigen = tf.nn.convolution(tf.constant(x, tf.float32), tf.constant(k, tf.float32), padding="VALID").numpy()
+    reference = numpy_conv3x3_valid(x if padding == "VALID" else pad1(x), k)
+    eigen = tf.nn.convolution(tf.constant(x, tf.float32), tf.constant(k, tf.float32), padding=padding).numpy()
     # Float32 rounding of a sum of 9 * C products: Eigen's direct conv measured 3e-7 here,
     # Winograd 3e-7..6e-7 (its transforms add a few roundings); an index slip would be O(1).
     assert rel(eigen, reference) < 1e-6
     assert rel(ours, reference) < 2e-6
 
 
-def test_conv3x3_in_a_graph_for_any_image_size():
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+def test_conv3x3_in_a_graph_for_any_image_size(padding):
     # predict's graphs relax to unknown height and width after the first image size.
     rng = np.random.default_rng(6)
     k = rng.normal(size=(3, 3, 4, 5))
-    fn = tf.function(winograd.conv3x3, input_signature=[tf.TensorSpec([None, None, None, 4]), tf.TensorSpec([3, 3, 4, 5])])
+    fn = tf.function(lambda x, k: winograd.conv3x3(x, k, padding),
+                     input_signature=[tf.TensorSpec([None, None, None, 4]), tf.TensorSpec([3, 3, 4, 5])])
     for h, w in ((10, 12), (9, 13), (1, 2)):
-        x = rng.normal(size=(2, h + 2, w + 2, 4))
+        x = rng.normal(size=(2, h + 2, w + 2, 4)) if padding == "VALID" else rng.normal(size=(2, h, w, 4))
         ours = fn(tf.constant(x, tf.float32), tf.constant(k, tf.float32)).numpy()
         assert ours.shape == (2, h, w, 5)
-        assert rel(ours, numpy_conv3x3_valid(x, k)) < 2e-6
+        assert rel(ours, numpy_conv3x3_valid(x if padding == "VALID" else pad1(x), k)) < 2e-6
 
 
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
 @pytest.mark.parametrize("shape", [(2, 12, 16, 6, 7), (1, 13, 9, 3, 5), (1, 1, 2, 2, 3), (1, 6, 5, 256, 256)])
-def test_kernel_gradient_equals_a_float64_reference(shape):
+def test_kernel_gradient_equals_a_float64_reference(shape, padding):
     n, h, w, c, o = shape
     rng = np.random.default_rng(7)
-    x, dy = rng.normal(size=(n, h + 2, w + 2, c)), rng.normal(size=(n, h, w, o))
+    x = rng.normal(size=(n, h + 2, w + 2, c)) if padding == "VALID" else rng.normal(size=(n, h, w, c))
+    dy = rng.normal(size=(n, h, w, o))
+    xp = x if padding == "VALID" else pad1(x)
     reference = np.zeros((3, 3, c, o))
     for i in range(3):
         for j in range(3):
-            reference[i, j] = np.einsum("nhwc,nhwo->co", x[:, i : i + h, j : j + w], dy)
-    ours = winograd.kernel_gradient(tf.constant(x, tf.float32), tf.constant(dy, tf.float32)).numpy()
+            reference[i, j] = np.einsum("nhwc,nhwo->co", xp[:, i : i + h, j : j + w], dy)
+    ours = winograd.kernel_gradient(tf.constant(x, tf.float32), tf.constant(dy, tf.float32), padding).numpy()
     assert ours.shape == (3, 3, c, o)
     assert rel(ours, reference) < 2e-6
 
@@ -137,6 +148,12 @@ def test_input_transform_of_a_static_size_compiles_with_xla_bit_identical(width)
     assert compiled_calls(tf.function(winograd.conv3x3), x, k) == 1
     assert compiled_calls(tf.function(winograd.kernel_gradient), x, tf.zeros((2, 4, width - 2, 8))) == 1
     assert rel(winograd.conv3x3(x, k), numpy_conv3x3_valid(x.numpy(), k.numpy())) < 2e-6
+    # SAME: the zero border padded inside the compiled transform, also bit-identical
+    same = tf.function(lambda x: winograd._input_tiles(x, "SAME")[0])
+    assert compiled_calls(same, x) == 1
+    for a, b in zip(same(x), tf.function(lambda x: winograd._input_tiles_ops(x, "SAME")[0])(x)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert rel(winograd.conv3x3(x, k, "SAME"), numpy_conv3x3_valid(pad1(x.numpy()), k.numpy())) < 2e-6
     # Any image size (a compile per size would stall predict) and fewer channels: op by op.
     dynamic = tf.function(winograd.conv3x3, input_signature=[tf.TensorSpec([None, None, None, c]), tf.TensorSpec(k.shape)])
     assert compiled_calls(dynamic) == 0
@@ -180,7 +197,7 @@ def test_convbn_inference_runs_winograd_and_equals_keras(use_bias, eigen_cpu, wi
     layer.bn.set_weights([rng.uniform(0.5, 2, 130), rng.normal(size=130), rng.normal(size=130), rng.uniform(0.5, 2, 130)])
 
     ours, ops = convbn_inference(layer, x)
-    assert winograd_calls == [((18, 22, 128), (3, 3, 128, 130))]
+    assert winograd_calls == [((16, 20, 128), (3, 3, 128, 130))]  # SAME: the input unpadded
     assert "MatMul" in ops and "Conv2D" not in ops
     conv_grad.ENABLED[0] = False
     try:
@@ -206,7 +223,7 @@ def test_predict_runner_keeps_winograd_for_new_image_sizes(eigen_cpu, winograd_c
         finally:
             conv_grad.ENABLED[0] = True
         assert rel(ours, keras_out) < 1e-5
-    assert [shape[:2] for shape, _ in winograd_calls] == [(18, 22), (None, None)]
+    assert [shape[:2] for shape, _ in winograd_calls] == [(16, 20), (None, None)]
 
 
 def test_narrow_convbn_keeps_keras_conv(eigen_cpu, winograd_calls):
@@ -254,9 +271,10 @@ def test_convbn_training_step_runs_winograd_with_equal_gradients(shape, eigen_cp
         return y.numpy(), [g.numpy() for g in grads], ops
 
     y_ours, g_ours, ops_ours = step()
-    # conv3x3 twice (the forward, and the input gradient with the rotated kernel), then the kernel gradient.
-    assert winograd_calls == [((h + 2, w + 2, c), (3, 3, c, c)), ((h + 4, w + 4, c), (3, 3, c, c))]
-    assert kernel_gradient_calls == [(h + 2, w + 2, c)]
+    # conv3x3 twice (the forward, and the input gradient with the rotated kernel), then the kernel
+    # gradient; all SAME, on the unpadded input and output gradient.
+    assert winograd_calls == [((h, w, c), (3, 3, c, c)), ((h, w, c), (3, 3, c, c))]
+    assert kernel_gradient_calls == [(h, w, c)]
     layer.set_weights(weights)
     conv_grad.ENABLED[0] = False
     try:

@@ -21,6 +21,9 @@ BN_EPSILON = 1e-5  # PyTorch's default, used by every official checkpoint.
 BN_MOMENTUM = 0.9  # Keras convention; equals PyTorch momentum 0.1.
 
 
+# Stride-1 ConvBNs pad inside the conv ('same'); False (a benchmark's A/B switch, read when a ConvBN
+# is built) gives them an explicit ZeroPadding2D and a 'valid' conv as strided ones have.
+PAD_INSIDE_CONV = [True]
 # True while `ocr_tf.fold_bn.fold_batch_norm` rebuilds a network: every ConvBN then has no
 # BatchNorm and a conv bias (the folded inference form), also those that layers create inside.
 BUILDING_FOLDED = [False]
@@ -35,8 +38,10 @@ def torch_padding(kernel_size, dilation_rate=1):
 class ConvBN(keras.layers.Layer):
     """Conv2D -> BatchNormalization -> activation (None to skip), as `nn.Sequential(conv, bn, relu)`.
 
-    Padding is symmetric on every side (`dilation * (k - 1) // 2`), as PyTorch does; Keras
-    'same' pads asymmetrically for stride 2 on even sizes and would break checkpoint parity.
+    Padding is symmetric on every side (`dilation * (k - 1) // 2`), as PyTorch does: for stride 1
+    that is Keras' 'same' (inside the conv op: no padded copy, none kept for the backward pass,
+    one op in exports); strided convs get an explicit `ZeroPadding2D` first, since Keras 'same'
+    pads asymmetrically for stride 2 on even sizes and would break checkpoint parity.
     `synchronized=True` makes BatchNorm reduce its statistics over all replicas.
     Sub-layers are `conv`, `bn` (and `act`), which the checkpoint converter addresses.
     `batch_norm=False`: no `bn`, a conv with bias (the BatchNorm-folded inference form that
@@ -76,13 +81,14 @@ class ConvBN(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
         pad = torch_padding(self.kernel_size, self.dilation_rate)
-        self.pad = keras.layers.ZeroPadding2D(pad, name="pad") if pad else None
+        same = PAD_INSIDE_CONV[0] and pad and self.strides == 1 and self.kernel_size % 2 == 1  # d * (k - 1) / 2 a side
+        self.pad = keras.layers.ZeroPadding2D(pad, name="pad") if pad and not same else None
         self.conv = keras.layers.Conv2D(
             self.filters,
             self.kernel_size,
             strides=self.strides,
             dilation_rate=self.dilation_rate,
-            padding="valid",
+            padding="same" if same else "valid",
             use_bias=self.use_bias,
             kernel_initializer=self.kernel_initializer,
             name="conv",

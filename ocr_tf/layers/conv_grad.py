@@ -78,48 +78,52 @@ def keras_conv_ops():
         _KERAS_CONV_OPS[0] -= 1
 
 
-def _eigen_cpu_conv(conv, padded_shape):
+def _eigen_cpu_conv(conv):
     """The checks both routes share: on, not exporting, TensorFlow backend on a CPU with Eigen
-    kernels (no GPU or TPU, oneDNN off), a stride-1 undilated ungrouped channels-last 'valid' conv."""
+    kernels (no GPU or TPU, oneDNN off), a stride-1 undilated ungrouped channels-last conv."""
     if not ENABLED[0] or _KERAS_CONV_OPS[0] or keras.backend.backend() != "tensorflow":
         return False
     if tuple(conv.strides) != (1, 1) or tuple(conv.dilation_rate) != (1, 1) or conv.groups != 1:
         return False
-    if conv.padding != "valid" or conv.data_format != "channels_last":
+    if conv.padding not in ("valid", "same") or conv.data_format != "channels_last":
         return False
     return not tensorflow_uses_onednn() and not tensorflow_has_accelerator()
 
 
-def fast_gradients_apply(conv, padded_shape, training):
-    """True if `conv` (a Keras Conv2D, 'valid' padding) on an input of static `padded_shape`
-    should use `conv_valid`: training on TensorFlow on a CPU with Eigen kernels (no GPU or TPU,
-    oneDNN off), a stride-1 undilated ungrouped channels-last conv, 1x1, or 3x3 with at least
-    MIN_PIXELS output pixels per image."""
-    if not training or not _eigen_cpu_conv(conv, padded_shape):
+def _output_hw(conv, input_shape):
+    """(height, width) of a stride-1 `conv`'s output for an NHWC `input_shape` (None if unknown)."""
+    crop = [k - 1 if conv.padding == "valid" else 0 for k in conv.kernel_size]
+    return tuple(None if n is None else n - c for n, c in zip(input_shape[1:3], crop))
+
+
+def fast_gradients_apply(conv, input_shape, training):
+    """True if `conv` (a Keras Conv2D, 'valid' or 'same' padding) on an input of static
+    `input_shape` should run through `conv1x1_valid` / `conv3x3`: training on TensorFlow on a CPU
+    with Eigen kernels (no GPU or TPU, oneDNN off), a stride-1 undilated ungrouped channels-last
+    conv, 1x1, or 3x3 with at least MIN_PIXELS output pixels per image."""
+    if not training or not _eigen_cpu_conv(conv):
         return False
-    h, w = padded_shape[1], padded_shape[2]
     if tuple(conv.kernel_size) == (3, 3):
-        return h is not None and w is not None and (h - 2) * (w - 2) >= MIN_PIXELS
+        h, w = _output_hw(conv, input_shape)
+        return h is not None and w is not None and h * w >= MIN_PIXELS
     return tuple(conv.kernel_size) == (1, 1)
 
 
-def winograd_applies(conv, padded_shape, training):
-    """True if the 3x3 `conv` on an input of `padded_shape` (height and width static or None)
+def winograd_applies(conv, input_shape, training):
+    """True if the 3x3 `conv` on an input of `input_shape` (height and width static or None)
     should run as Winograd F(2x2, 3x3) (`winograd.conv3x3`): the checks of `fast_gradients_apply`,
     float32, and channels and map size where it measured faster (`winograd.applies`). In training
     only inside the faster gradients (>= MIN_PIXELS) and from WINOGRAD_TRAINING_CHANNELS channels,
-    its gradients through the same tiles (`conv3x3_valid(..., use_winograd=True)`). (Narrower
+    its gradients through the same tiles (`conv3x3(..., use_winograd=True)`). (Narrower
     convs and smaller maps measured 0.42-0.99x TensorFlow's forward + backward per conv, but the
     whole W48 step at 512 x 1024 0.99x, with a first step (tracing) 2.2x longer: not taken. Their
     whole-network gradients against a float64 step: BENCHMARKS.md, not settled.)"""
-    if tuple(conv.kernel_size) != (3, 3) or not _eigen_cpu_conv(conv, padded_shape):
+    if tuple(conv.kernel_size) != (3, 3) or not _eigen_cpu_conv(conv):
         return False
-    h, w = padded_shape[1], padded_shape[2]
-    output_hw = (None if h is None else h - 2, None if w is None else w - 2)
-    if not winograd.applies(conv.kernel.shape, output_hw, conv.compute_dtype):
+    if not winograd.applies(conv.kernel.shape, _output_hw(conv, input_shape), conv.compute_dtype):
         return False
     if training:
-        return fast_gradients_apply(conv, padded_shape, training) and min(conv.kernel.shape[2:]) >= WINOGRAD_TRAINING_CHANNELS
+        return fast_gradients_apply(conv, input_shape, training) and min(conv.kernel.shape[2:]) >= WINOGRAD_TRAINING_CHANNELS
     return True
 
 
@@ -144,32 +148,42 @@ def conv1x1_valid(x, kernel):
     return conv(x, kernel)
 
 
-def conv3x3_valid(x, kernel, use_winograd=False):
-    """`tf.nn.convolution(x, kernel, padding="VALID")` for a 3x3 HWIO `kernel`, with the gradients
-    of the module docstring. `x` is NHWC, already padded by the caller, with static H and W unless
-    `use_winograd`.
+def conv3x3(x, kernel, padding="VALID", use_winograd=False):
+    """`tf.nn.convolution(x, kernel, padding=padding)` for a 3x3 HWIO `kernel`, with the gradients
+    of the module docstring. `x` is NHWC with static H and W unless `use_winograd`; `padding`
+    "VALID" (`x` padded by the caller) or "SAME" (one zero row and column on each side, inside the
+    op: no padded copy of `x` is kept for the backward pass).
     `use_winograd`: the forward and the input gradient (a forward conv too) as Winograd
     F(2x2, 3x3) (`winograd.conv3x3`) instead of TensorFlow's conv op, and the kernel gradient
     through the same tiles (`winograd.kernel_gradient`) instead of the row matmuls."""
     import tensorflow as tf  # TensorFlow only (see fast_gradients_apply)
 
-    def forward(x, kernel):
+    if padding not in ("VALID", "SAME"):
+        raise ValueError(f"padding must be 'VALID' or 'SAME', got {padding!r}.")
+
+    def forward(x, kernel, padding):
         if use_winograd:
-            return winograd.conv3x3(x, kernel)
-        return tf.nn.convolution(x, kernel, strides=1, padding="VALID", data_format="NHWC", dilations=1)
+            return winograd.conv3x3(x, kernel, padding)
+        return tf.nn.convolution(x, kernel, strides=1, padding=padding, data_format="NHWC", dilations=1)
 
     @tf.custom_gradient
     def conv(x, kernel):
-        y = forward(x, kernel)
+        y = forward(x, kernel, padding)
 
         def grad(dy):
             h, w = dy.shape[1], dy.shape[2]
-            # dL/dx = "full" correlation of dy with the kernel rotated by 180 degrees, in<->out.
+            # dL/dx = "full" correlation of dy with the kernel rotated by 180 degrees, in<->out,
+            # cropped to x: for SAME that is the SAME conv of dy, for VALID the VALID conv of dy
+            # padded by 2 (Eigen's conv with explicit padding measured slower than a pad first).
             rotated = tf.transpose(tf.reverse(kernel, axis=[0, 1]), [0, 1, 3, 2])
-            # (Padding first and a VALID conv: Eigen's conv with explicit padding measured slower.)
-            dx = forward(tf.pad(dy, [[0, 0], [2, 2], [2, 2], [0, 0]]), rotated)
+            if padding == "SAME":
+                dx = forward(dy, rotated, "SAME")
+            else:
+                dx = forward(tf.pad(dy, [[0, 0], [2, 2], [2, 2], [0, 0]]), rotated, "VALID")
             if use_winograd:  # the adjoint of the Winograd forward, through the same tiles
-                return dx, winograd.kernel_gradient(x, dy)
+                return dx, winograd.kernel_gradient(x, dy, padding)
+            # The padded input, only for as long as the kernel gradient needs it.
+            xp = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]) if padding == "SAME" else x
             # dL/dkernel[i, j] = sum over pixels of x[h + i, w + j]^T dy[h, w]. With dy placed at
             # column offset j of a padded-size copy (d_j: zeros in the last 2 rows and around the
             # columns), that is x_i^T @ d_j over every padded pixel, x_i = x shifted up by i rows.
@@ -183,7 +197,7 @@ def conv3x3_valid(x, kernel, use_winograd=False):
             wp = w + 2  # padded width: the flattened offset of one image row
             shifted = tf.concat([tf.pad(dy, [[0, 0], [0, 2], [j, 2 - j], [0, 0]]) for j in range(3)], axis=-1)
             shifted = tf.reshape(shifted, [-1, 3 * c_out])
-            flat = tf.reshape(x, [-1, c_in])
+            flat = tf.reshape(xp, [-1, c_in])
             length = tf.shape(flat)[0] - 2 * wp
             rows = [tf.matmul(flat[i * wp : i * wp + length], shifted[:length], transpose_a=True) for i in range(3)]
             dkernel = tf.transpose(tf.reshape(tf.stack(rows), [3, c_in, 3, c_out]), [0, 2, 1, 3])
@@ -194,25 +208,23 @@ def conv3x3_valid(x, kernel, use_winograd=False):
     return conv(x, kernel)
 
 
-def conv_valid(x, kernel):
-    """A stride-1 'valid' conv of NHWC `x` with a 1x1 or 3x3 HWIO `kernel`, with the faster gradients."""
-    return conv1x1_valid(x, kernel) if kernel.shape[0] == 1 else conv3x3_valid(x, kernel)
-
-
 def apply_conv(conv, x, training):
     """Call the Keras Conv2D layer `conv` on `x`; where measured faster on this machine, through
-    `conv_valid` in training (`fast_gradients_apply`) and as Winograd (`winograd_applies`), with
-    the same bias add as Keras' Conv2D."""
+    `conv1x1_valid` / `conv3x3` in training (`fast_gradients_apply`) and as Winograd
+    (`winograd_applies`), with the same bias add as Keras' Conv2D."""
     use_winograd = winograd_applies(conv, x.shape, training)
     fast_gradients = fast_gradients_apply(conv, x.shape, training)
     if not (use_winograd or fast_gradients):
         return conv(x)
     dtype = conv.compute_dtype  # what Keras' Conv2D computes in (its own dtype policy)
     x, kernel = keras.ops.cast(x, dtype), keras.ops.cast(conv.kernel, dtype)
+    padding = conv.padding.upper()
     if use_winograd:
-        y = conv3x3_valid(x, kernel, use_winograd=True) if training else winograd.conv3x3(x, kernel)
+        y = conv3x3(x, kernel, padding, use_winograd=True) if training else winograd.conv3x3(x, kernel, padding)
+    elif tuple(conv.kernel_size) == (1, 1):
+        y = conv1x1_valid(x, kernel)  # 'same' and 'valid' are one thing for a 1x1 conv
     else:
-        y = conv_valid(x, kernel)
+        y = conv3x3(x, kernel, padding)
     if conv.use_bias:
         y = keras.ops.add(y, keras.ops.reshape(keras.ops.cast(conv.bias, dtype), (1, 1, 1, -1)))
     return y

@@ -17,7 +17,7 @@ keeps Keras' conv there. The transforms' coefficients are 0, +-1 and 1/2 (exact 
 result measured as close to a float64 reference as Eigen's direct conv (4-6e-7 vs 3-5e-7 of the
 largest output); float32 only (bfloat16 transforms would add rounding Eigen's conv does not have).
 
-In training (`conv_grad.conv3x3_valid`, >= 256 channels on large maps) the input gradient is the
+In training (`conv_grad.conv3x3`, >= 256 channels on large maps) the input gradient is the
 same conv with the kernel rotated, and `kernel_gradient` is the adjoint of the tiles: 16 matmuls
 V^T dM (0.54-0.69x the row matmuls' time at 256-2048 channels).
 
@@ -98,9 +98,10 @@ def transform_kernel(kernel):
     return [m for r in rows for m in _combine([r[0], r[1], r[2]], _G)]
 
 
-def conv3x3(x, kernel):
-    """`tf.nn.convolution(x, kernel, padding="VALID")` for NHWC `x` (any batch and size; static
-    channels) and an HWIO 3x3 float32 `kernel`, computed as Winograd F(2x2, 3x3).
+def conv3x3(x, kernel, padding="VALID"):
+    """`tf.nn.convolution(x, kernel, padding=padding)` for NHWC `x` (any batch and size; static
+    channels) and an HWIO 3x3 float32 `kernel`, computed as Winograd F(2x2, 3x3). `padding`:
+    "VALID" or "SAME" (one zero row and column on each side, as PyTorch's padding=1).
 
     Example:
 
@@ -112,7 +113,7 @@ def conv3x3(x, kernel):
     """
     import tensorflow as tf  # TensorFlow only (see the module docstring)
 
-    tiles, geometry = _input_tiles(x)
+    tiles, geometry = _input_tiles(x, padding)
     c_out, extra = kernel.shape[3], _gemm_padding(kernel.shape[2], kernel.shape[3])
     if extra:
         kernel = tf.pad(kernel, [[0, 0], [0, 0], [0, 0], [0, extra]])
@@ -132,13 +133,13 @@ def _gemm_padding(c_in, c_out):
     return GEMM_PAD if c_out % 256 == 0 and c_in >= 256 else 0
 
 
-def kernel_gradient(x, dy):
-    """dL/dkernel of `conv3x3(x, kernel)` for the upstream gradient `dy`, through the same tiles:
+def kernel_gradient(x, dy, padding="VALID"):
+    """dL/dkernel of `conv3x3(x, kernel, padding)` for the upstream gradient `dy`, through the same tiles:
     the adjoint of each step, dU_ab = V_ab^T (A dY A^T)_ab (16 matmuls over all tiles, 2.25x fewer
     multiplications than the direct sums) and dkernel = G^T dU G."""
     import tensorflow as tf
 
-    tiles, (h, w, hh, wh, padded) = _input_tiles(x)
+    tiles, (h, w, hh, wh, padded) = _input_tiles(x, padding)
     c_out, extra = dy.shape[-1], _gemm_padding(x.shape[-1], dy.shape[-1])
     if padded or extra:  # the cropped output rows / columns had no gradient; zero GEMM columns
         dy = tf.pad(dy, [[0, 0], [0, 2 * hh - h], [0, 2 * wh - w], [0, extra]])
@@ -163,38 +164,44 @@ def compiles(x_shape):
     return XLA[0] and static and x_shape[3] >= XLA_MIN_CHANNELS
 
 
-def _input_tiles(x):
-    """B^T d B of every 4x4 input tile (stride 2) of NHWC `x`: 16 (tiles, C_in) matrices, position
-    (a, b) at 4 * a + b, and (h, w, hh, wh, padded): the output size, the tile grid, whether `x` was
-    padded to whole tiles (an odd or unknown size)."""
+def _input_tiles(x, padding="VALID"):
+    """B^T d B of every 4x4 input tile (stride 2) of NHWC `x` (zero-padded by one on each side
+    first if `padding` is "SAME"): 16 (tiles, C_in) matrices, position (a, b) at 4 * a + b, and
+    (h, w, hh, wh, padded): the output size, the tile grid, whether the output has a row or column
+    more than (h, w), to crop (an odd or unknown size)."""
     if not compiles(x.shape):
-        return _input_tiles_ops(x)
-    if "tiles" not in _COMPILED:
+        return _input_tiles_ops(x, padding)
+    if padding not in _COMPILED:
         import tensorflow as tf
 
-        _COMPILED["tiles"] = tf.function(lambda x: _input_tiles_ops(x)[0], jit_compile=True, autograph=False)
-    return _COMPILED["tiles"](x), _tile_grid(x)
+        _COMPILED[padding] = tf.function(lambda x: _input_tiles_ops(x, padding)[0], jit_compile=True, autograph=False)
+    return _COMPILED[padding](x), _tile_grid(x, padding)
 
 
-def _tile_grid(x):
+def _tile_grid(x, padding="VALID"):
     """(h, w, hh, wh, padded) of `_input_tiles` for NHWC `x`."""
     import tensorflow as tf
 
+    crop = 2 if padding == "VALID" else 0
     # Static sizes where known (a plain graph), else tensors (images of any size, e.g. predict).
-    h, w = (x.shape[i] - 2 if x.shape[i] is not None else tf.shape(x)[i] - 2 for i in (1, 2))
+    h, w = (x.shape[i] - crop if x.shape[i] is not None else tf.shape(x)[i] - crop for i in (1, 2))
     padded = not (isinstance(h, int) and isinstance(w, int)) or bool(h % 2 or w % 2)
     return h, w, (h + h % 2) // 2, (w + w % 2) // 2, padded
 
 
-def _input_tiles_ops(x):
+def _input_tiles_ops(x, padding="VALID"):
     """`_input_tiles` as TensorFlow ops, one by one unless the caller compiles them."""
     import tensorflow as tf
 
+    if padding not in ("VALID", "SAME"):
+        raise ValueError(f"padding must be 'VALID' or 'SAME', got {padding!r}.")
     c_in = x.shape[-1]
-    h, w, hh, wh, padded = _tile_grid(x)
-    odd_h, odd_w = 2 * hh - h, 2 * wh - w
-    if padded:  # one more output row / column for whole 2x2 tiles; cropped by the caller
-        x = tf.pad(x, [[0, 0], [0, odd_h], [0, odd_w], [0, 0]])
+    h, w, hh, wh, padded = _tile_grid(x, padding)
+    # SAME: one zero row / column on each side. Odd sizes: one more at the bottom / right for whole
+    # 2x2 output tiles (that output row / column is cropped by the caller). One pad for both.
+    side = 1 if padding == "SAME" else 0
+    if side or padded:
+        x = tf.pad(x, [[0, 0], [side, side + 2 * hh - h], [side, side + 2 * wh - w], [0, 0]])
     # Tile (i, j) reads rows 2i..2i+3 and columns 2j..2j+3. With rows and columns split by parity
     # (a reshape, no copy), its row k is [i + k // 2, parity k % 2]: plain slices of whole rows.
     xr = tf.reshape(x, [-1, hh + 1, 2, wh + 1, 2, c_in])
