@@ -18,10 +18,10 @@ Work items (W48, K = 19; `--quick`: the demo-sized HRNet and small inputs):
 Each measurement is its own process (fresh allocator, ru_maxrss = that side's peak memory), both
 sides with the same intra-/inter-op thread counts; the sides alternate (A B, then B A, ...) so a
 shared machine's load changes hit both alike. Each process times `--repeats` calls after one
-warm-up call and reports the median. Also printed: the roofline of ocr_tf inference (the network's
-FLOPs counted from its TensorFlow graph with standard convs, over the measured float32 matmul peak
-at the same thread count), the FLOPs ocr_tf executes (fewer where Winograd convs run), the CPU
-model and its ISA flags.
+warm-up call and reports the median. Also printed: the roofline of each ocr_tf item (the FLOPs of
+its TensorFlow graph with standard convs, a training step's with their input and kernel gradients,
+over the measured float32 matmul peak at the same thread count), the FLOPs ocr_tf executes (fewer
+where Winograd convs run), the CPU model and its ISA flags.
 """
 
 import argparse
@@ -168,6 +168,14 @@ def ocr_tf_child(item, quick, threads, repeats):
     trainer = SegmentationTrainer(network, SegmentationLoss(k, 255, aux_weight=0.4), k, 255)
     trainer.compile(optimizer=build_optimizer(cfg.train), jit_compile=train.JIT_COMPILE)
     run = lambda: trainer.train_on_batch(data["x"], data["y"])  # noqa: E731
+
+    def gradients(x):  # the step's convs and matmuls: forward, input and kernel gradients
+        with tf.GradientTape() as tape:
+            out = network(x, training=True)
+            loss = tf.reduce_sum(out["logits"]) + tf.reduce_sum(out["aux_logits"])
+        return tape.gradient(loss, network.trainable_weights)
+
+    extra.update(model_and_executed_gflops(gradients, tf.constant(data["x"])))
     keras.utils.set_random_seed(0)
     return _median_time(run, repeats), extra
 
@@ -304,6 +312,7 @@ def compare(official_repo, items=ITEMS, quick=False, threads=1, rounds=2, repeat
             entry["gflops_executed"] = runs["ocr_tf"][0].get("gflops_executed")
             entry["roofline_s"] = gflops / report["matmul_peak_gflops"]
             entry["ocr_tf_over_roofline"] = entry["ocr_tf"]["seconds"] / entry["roofline_s"]
+            entry["official_over_roofline"] = entry["official"]["seconds"] / entry["roofline_s"]
         report["items"][item] = entry
         log(format_line(item, entry))
     report["load_average_at_end"] = os.getloadavg()
@@ -315,7 +324,8 @@ def format_line(item, e):
             f"official {e['official']['seconds']:8.3f} s ({e['official']['max_rss_mib']:7.0f} MiB)  "
             f"ratio {e['ratio']:.2f}x")
     if "roofline_s" in e:
-        line += f"  [{e['gflops']:.1f} GFLOP, roofline {e['roofline_s']:.3f} s, {e['ocr_tf_over_roofline']:.2f}x"
+        line += (f"  [{e['gflops']:.1f} GFLOP, roofline {e['roofline_s']:.3f} s: ocr_tf {e['ocr_tf_over_roofline']:.2f}x, "
+                 f"official {e['official_over_roofline']:.2f}x")
         if e.get("gflops_executed"):
             line += f"; executed {e['gflops_executed']:.1f} GFLOP"
         line += "]"

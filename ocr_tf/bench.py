@@ -58,7 +58,8 @@ PAPER_TABLE4 = {
 }
 HEADS = ("ocr", "ppm", "aspp", "danet", "cc_attention", "self_attention", "double_attention")
 PROFILE_MODULES = ("stem", "stem_taps")
-COUNTED_OPS = ("Conv2D", "MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum")
+COUNTED_OPS = ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter", "MatMul", "BatchMatMul", "BatchMatMulV2",
+               "BatchMatMulV3", "Einsum")
 
 
 def ocr_analytic_flops(size, in_channels=2048, mid=512, key=256, num_classes=19):
@@ -96,7 +97,8 @@ def _dilated_conv_output(op):
 def count_graph_flops(graph, executed=False):
     """2 x multiply-adds of the conv / matmul / einsum ops of a graph with static shapes, and the
     count per op type. A dilated conv counts its model output (what the paper counts) unless
-    `executed`, then the padded space-to-batch output TensorFlow computes."""
+    `executed`, then the padded space-to-batch output TensorFlow computes. A conv's input and
+    kernel gradients (a training step's graph) count the forward's multiply-adds each."""
     per_type = {}
     for op in graph.get_operations():
         if op.type not in COUNTED_OPS:
@@ -110,6 +112,11 @@ def count_graph_flops(graph, executed=False):
             if not executed:
                 out = _dilated_conv_output(op) or out
             flops = 2 * int(np.prod(out)) * kh * kw * cin
+        elif op.type.startswith("Conv2DBackprop"):
+            # Inputs (x or its sizes, kernel or its sizes, dy): dy has the forward's output shape.
+            kernel = shapes[1] if op.type == "Conv2DBackpropInput" else out
+            kh, kw, cin, _ = kernel
+            flops = 2 * int(np.prod(shapes[2])) * kh * kw * cin
         elif op.type == "MatMul":
             a = shapes[0]
             inner = a[0] if op.get_attr("transpose_a") else a[1]

@@ -31,6 +31,21 @@ def test_conv_flops_agree_with_tf_profiler():
     assert per_type == {"Conv2D": 2 * 11 * 13 * 9 * 5 * 7} and ours == profiler_conv
 
 
+def test_a_training_step_counts_each_conv_gradient_as_its_forward():
+    conv = keras.layers.Conv2D(7, 3, strides=2, padding="same", use_bias=False)
+    conv.build((1, 12, 14, 5))
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(conv(x) ** 2)
+        return tape.gradient(loss, [x, conv.kernel])
+
+    _, per_type = bench.count_graph_flops(graph_of(step, (1, 12, 14, 5)))
+    forward = 2 * 6 * 7 * 9 * 5 * 7  # 6 x 7 outputs (stride 2), 3 x 3 x 5 inputs each, 7 channels
+    assert per_type == {"Conv2D": forward, "Conv2DBackpropInput": forward, "Conv2DBackpropFilter": forward}
+
+
 def test_dilated_conv_counts_the_model_output_not_the_space_to_batch_padding():
     conv = keras.layers.Conv2D(4, 3, dilation_rate=5)  # valid: 23 x 19 -> 13 x 9
     graph = graph_of(lambda x: conv(x), (1, 23, 19, 3))

@@ -36,15 +36,20 @@ def test_a_folder_without_the_official_code_is_refused(tmp_path, capsys):
 def test_quick_run_reports_times_ratios_memory_and_roofline():
     script = load_script()
     lines = []
-    report = script.compare(REPO, items=("infer_512x1024", "table4"), quick=True, rounds=1, log=lines.append)
+    items = ("infer_512x1024", "train_b1", "table4")
+    report = script.compare(REPO, items=items, quick=True, rounds=1, log=lines.append)
     assert report["matmul_peak_gflops"] > 0
     assert report["cpu"]["model"]
-    for item in ("infer_512x1024", "table4"):
+    for item in items:
         e = report["items"][item]
         for side in ("ocr_tf", "official"):
             assert e[side]["seconds"] > 0 and e[side]["max_rss_mib"] > 50  # a Python + framework process
         assert e["ratio"] == pytest.approx(e["ocr_tf"]["seconds"] / e["official"]["seconds"])
         assert e["gflops"] > 0 and e["ocr_tf_over_roofline"] == pytest.approx(e["ocr_tf"]["seconds"] / e["roofline_s"])
+        assert e["official_over_roofline"] == pytest.approx(e["official"]["seconds"] / e["roofline_s"])
+    # A training step (same input size as the inference item here) counts the forward, the input
+    # gradients (all but the stem's first conv) and the kernel gradients: just under 3x.
+    assert 2.5 < report["items"]["train_b1"]["gflops"] / report["items"]["infer_512x1024"]["gflops"] <= 3.0
     # the Table 4 module's FLOPs counted from the graph equal the analytic count at --quick's widths
     from ocr_tf.bench import ocr_analytic_flops
 
@@ -52,4 +57,4 @@ def test_quick_run_reports_times_ratios_memory_and_roofline():
     mid, key = script.sizes(True)["head"]
     assert report["items"]["table4"]["gflops"] * 1e9 == pytest.approx(
         ocr_analytic_flops(s, c, mid, key, script.sizes(True)["num_classes"]), rel=1e-9)
-    assert len(lines) == 2 and "ratio" in lines[0]
+    assert len(lines) == 3 and "ratio" in lines[0]
