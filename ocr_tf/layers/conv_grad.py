@@ -171,7 +171,7 @@ def conv3x3(x, kernel, padding="VALID", use_winograd=False):
         y = forward(x, kernel, padding)
 
         def grad(dy):
-            h, w = dy.shape[1], dy.shape[2]
+            w = dy.shape[2]
             # dL/dx = "full" correlation of dy with the kernel rotated by 180 degrees, in<->out,
             # cropped to x: for SAME that is the SAME conv of dy, for VALID the VALID conv of dy
             # padded by 2 (Eigen's conv with explicit padding measured slower than a pad first).
