@@ -15,7 +15,8 @@ Work items (W48, K = 19; `--quick`: the demo-sized HRNet and small inputs):
                                    `SegmentationTrainer.train_on_batch` as `fit` compiles it
   table4                           the paper's Table 4 context module (conv3x3 2048->512 + gather +
                                    OCR + classifier) on 1 x 2048 x 128 x 128
-Each measurement is its own process (fresh allocator, ru_maxrss = that side's peak memory), both
+Each measurement is its own process (fresh allocator, ru_maxrss = that side's peak memory, and
+the minor page faults of its timed calls: memory taken fresh from the kernel), both
 sides with the same intra-/inter-op thread counts; the sides alternate (A B, then B A, ...) so a
 shared machine's load changes hit both alike. Each process times `--repeats` calls after one
 warm-up call and reports the median. Also printed: the roofline of each ocr_tf item (the FLOPs of
@@ -84,14 +85,18 @@ def _inputs(shape_table, item, seed=0):
     return {"x": rng.normal(size=(1, s, s, c)).astype("float32"), "regions": rng.normal(size=(1, s, s, k)).astype("float32")}
 
 
-def _median_time(fn, repeats):
+def _median_time(fn, repeats, extra=None):
+    """(median seconds of `repeats` calls after a warm-up, `extra` + the minor page faults per
+    timed call: memory the allocator took fresh from the kernel, zeroed on first touch)."""
     fn()  # warm-up (tracing, oneDNN/cuDNN primitive creation)
     times = []
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / repeats
+    return statistics.median(times), dict(extra or {}, minor_faults_per_call=faults)
 
 
 # ------------------------------------------------------------------------------------ ocr_tf side
@@ -116,6 +121,7 @@ def model_and_executed_gflops(python_fn, *args):
 
 
 def ocr_tf_child(item, quick, threads, repeats):
+    import ocr_tf  # noqa: F401  first, as a user's script: its import picks the CPU allocator (ocr_tf/runtime.py)
     import keras
     import tensorflow as tf
 
@@ -143,7 +149,7 @@ def ocr_tf_child(item, quick, threads, repeats):
 
         run = lambda: fn(*inputs).numpy()  # noqa: E731
         extra.update(model_and_executed_gflops(fn.python_function, *inputs))
-        return _median_time(run, repeats), extra
+        return _median_time(run, repeats, extra)
 
     from ocr_tf.models import build_model
 
@@ -156,7 +162,7 @@ def ocr_tf_child(item, quick, threads, repeats):
         graph_fn = tf.function(lambda t: network(t, training=False), autograph=False)
         run = lambda: predict_labels(graph_fn, x, num_classes=k).numpy()  # noqa: E731
         extra.update(model_and_executed_gflops(graph_fn.python_function, x))
-        return _median_time(run, repeats), extra
+        return _median_time(run, repeats, extra)
 
     from ocr_tf import train
     from ocr_tf.config import load_config
@@ -177,7 +183,7 @@ def ocr_tf_child(item, quick, threads, repeats):
 
     extra.update(model_and_executed_gflops(gradients, tf.constant(data["x"])))
     keras.utils.set_random_seed(0)
-    return _median_time(run, repeats), extra
+    return _median_time(run, repeats, extra)
 
 
 # ------------------------------------------------------------------------------------ official side
@@ -214,7 +220,7 @@ def official_child(item, quick, threads, repeats, official_repo):
                 return cls(ocr(feats, gather(feats, regions)))
 
         del modules
-        return _median_time(run, repeats), {}
+        return _median_time(run, repeats)
 
     model = build_official(official_repo, HRNET_CONFIGS[table["extra"]], k, mid, key)
     x = nchw(data["x"])
@@ -227,7 +233,7 @@ def official_child(item, quick, threads, repeats, official_repo):
                 out = F.interpolate(model(x)[1], size=(h, w), mode="bilinear", align_corners=True)
                 return out.argmax(1)
 
-        return _median_time(run, repeats), {}
+        return _median_time(run, repeats)
     model.train()
     y = torch.from_numpy(data["y"]).long()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
@@ -243,7 +249,7 @@ def official_child(item, quick, threads, repeats, official_repo):
         opt.step()
         return loss.item()
 
-    return _median_time(run, repeats), {}
+    return _median_time(run, repeats)
 
 
 # ------------------------------------------------------------------------------------ driver
@@ -304,7 +310,8 @@ def compare(official_repo, items=ITEMS, quick=False, threads=1, rounds=2, repeat
         entry = {}
         for kind, results in runs.items():
             entry[kind] = {"seconds": statistics.median(r["seconds"] for r in results),
-                           "max_rss_mib": max(r["max_rss_mib"] for r in results)}
+                           "max_rss_mib": max(r["max_rss_mib"] for r in results),
+                           "minor_faults_per_call": statistics.median(r["minor_faults_per_call"] for r in results)}
         entry["ratio"] = entry["ocr_tf"]["seconds"] / entry["official"]["seconds"]
         gflops = runs["ocr_tf"][0].get("gflops")
         if gflops:
@@ -320,9 +327,9 @@ def compare(official_repo, items=ITEMS, quick=False, threads=1, rounds=2, repeat
 
 
 def format_line(item, e):
-    line = (f"{item:<16s} ocr_tf {e['ocr_tf']['seconds']:8.3f} s ({e['ocr_tf']['max_rss_mib']:7.0f} MiB)  "
-            f"official {e['official']['seconds']:8.3f} s ({e['official']['max_rss_mib']:7.0f} MiB)  "
-            f"ratio {e['ratio']:.2f}x")
+    side = lambda k: (f"{e[k]['seconds']:8.3f} s ({e[k]['max_rss_mib']:7.0f} MiB, "  # noqa: E731
+                      f"{e[k]['minor_faults_per_call'] / 1000:.1f}k faults/call)")
+    line = f"{item:<16s} ocr_tf {side('ocr_tf')}  official {side('official')}  ratio {e['ratio']:.2f}x"
     if "roofline_s" in e:
         line += (f"  [{e['gflops']:.1f} GFLOP, roofline {e['roofline_s']:.3f} s: ocr_tf {e['ocr_tf_over_roofline']:.2f}x, "
                  f"official {e['official_over_roofline']:.2f}x")

@@ -8,9 +8,16 @@ Importing the package registers every serializable class with Keras, so
 `keras.saving.load_model(...)` works after `import ocr_tf` alone. The commands
 (`python -m ocr_tf.<verb>`) skip that at start-up so that `--help` answers without loading
 TensorFlow; they import what they use.
+
+Importing the package also asks TensorFlow for its caching CPU allocator (`ocr_tf.runtime`:
+a W48 training step measured 24% faster) unless TF_CPU_ALLOCATOR_USE_BFC is already set.
 """
 
 import sys
+
+from ocr_tf import runtime
+
+runtime.use_bfc_cpu_allocator()
 
 __version__ = "0.2.0"
 

@@ -44,6 +44,7 @@ def test_quick_run_reports_times_ratios_memory_and_roofline():
         e = report["items"][item]
         for side in ("ocr_tf", "official"):
             assert e[side]["seconds"] > 0 and e[side]["max_rss_mib"] > 50  # a Python + framework process
+            assert e[side]["minor_faults_per_call"] >= 0
         assert e["ratio"] == pytest.approx(e["ocr_tf"]["seconds"] / e["official"]["seconds"])
         assert e["gflops"] > 0 and e["ocr_tf_over_roofline"] == pytest.approx(e["ocr_tf"]["seconds"] / e["roofline_s"])
         assert e["official_over_roofline"] == pytest.approx(e["official"]["seconds"] / e["roofline_s"])
@@ -57,4 +58,4 @@ def test_quick_run_reports_times_ratios_memory_and_roofline():
     mid, key = script.sizes(True)["head"]
     assert report["items"]["table4"]["gflops"] * 1e9 == pytest.approx(
         ocr_analytic_flops(s, c, mid, key, script.sizes(True)["num_classes"]), rel=1e-9)
-    assert len(lines) == 3 and "ratio" in lines[0]
+    assert len(lines) == 3 and "ratio" in lines[0] and "faults/call" in lines[0]
