@@ -14,7 +14,7 @@ OCR gets its soft object regions as an input, as it reuses that branch's output)
 * peak memory: what the module holds at its peak: its weights and input (their sizes) plus the
   rise of TensorFlow's CPU allocator during one call (intermediates, output), measured with
   `tf.config.experimental.get_memory_info`, whose statistics only the BFC allocator keeps on CPU
-  (TF_CPU_ALLOCATOR_USE_BFC=true, set before TensorFlow starts). The paper's is GPU memory;
+  (TF_CPU_ALLOCATOR_USE_BFC=true, which `import ocr_tf` sets). The paper's is GPU memory;
 * latency: median over `--repeats` rounds after `--warmup` calls; every round calls every head
   once, so a shared machine's load changes hit all heads alike. `--clock cpu` times by the
   process's CPU time instead of the wall clock (with `--threads 1`: one core's compute time,
@@ -148,7 +148,7 @@ def _einsum_flops(equation, shapes):
 def extra_memory_mib(fn, inputs):
     """MiB TensorFlow's CPU allocator peaks at during one call above what it held before (the
     call's intermediates and output), or None when the allocator keeps no statistics
-    (TensorFlow was initialised before `TF_CPU_ALLOCATOR_USE_BFC=true` was set; `main` sets it)."""
+    (TensorFlow made its CPU allocator before `import ocr_tf`, or TF_CPU_ALLOCATOR_USE_BFC=false)."""
     import tensorflow as tf
 
     gc.collect()
@@ -462,8 +462,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    # Must precede TensorFlow's start: the BFC allocator is the CPU allocator that keeps statistics.
-    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+    # The statistics come from the BFC allocator, which `import ocr_tf` asked for (ocr_tf/runtime.py).
     import tensorflow as tf
 
     if args.threads:
