@@ -10,7 +10,7 @@ Importing the package registers every serializable class with Keras, so
 TensorFlow; they import what they use.
 
 Importing the package also asks TensorFlow for its caching CPU allocator (`ocr_tf.runtime`:
-a W48 training step measured 24% faster) unless TF_CPU_ALLOCATOR_USE_BFC is already set.
+a W48 training step took 0.76x the time) unless TF_CPU_ALLOCATOR_USE_BFC is already set.
 """
 
 import sys

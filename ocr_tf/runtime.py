@@ -1,10 +1,10 @@
 """TensorFlow process settings that ocr_tf chooses by measurement: the CPU memory allocator.
 
-TensorFlow's default CPU allocator takes every tensor from malloc, and glibc's malloc hands
-large blocks (feature maps of a few MB and up) to the kernel with mmap and returns them on free.
+TensorFlow's default CPU allocator takes every tensor from malloc, and glibc's malloc maps large
+blocks (feature maps of a few MB and up) fresh from the kernel and unmaps them on free.
 So every step of a segmentation network maps fresh pages and page-faults on first touch: one
 HRNet-W48-OCR training step at 512 x 1024 took 1.14 million minor faults (4.4 GB zeroed by the
-kernel) and spent a fifth of its time there. TensorFlow's BFC allocator (the one it uses on GPUs)
+kernel) and spent a quarter of its time there. TensorFlow's BFC allocator (the one it uses on GPUs)
 keeps freed blocks and reuses them, so after the first step there are almost no faults: 38.5 ->
 29.2 s per step on one core of an AMD EPYC, 9,500 faults a step, peak memory +7% (BENCHMARKS.md,
 issue 13). TensorFlow turns it on for the CPU with `TF_CPU_ALLOCATOR_USE_BFC=true`, read once,
