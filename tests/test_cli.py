@@ -134,3 +134,32 @@ def test_a_whole_module_or_a_truncated_pth_is_named_with_the_fix(tmp_path, capsy
                          "--num-classes", "3", "--out", str(tmp_path / "o")]) == 2
     one_error_line(capsys, "cut.pth")
     assert not (tmp_path / "o").exists()
+
+
+def test_running_out_of_memory_is_one_line_naming_the_limit(files):
+    # The CPU's BFC allocator (ocr_tf/runtime.py) stops at its limit with ResourceExhaustedError.
+    Image.fromarray(np.zeros((512, 512, 3), np.uint8)).save(files / "big.png")
+    env = dict(ENV, TF_CPU_ALLOCATOR_USE_BFC="true", TF_CPU_BFC_MEM_LIMIT_IN_MB="8")
+    proc = subprocess.run([sys.executable, "-m", "ocr_tf.predict", str(files / "big.png"), "--weights",
+                           str(files / "model.keras"), "--output", str(files / "oom_out")],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]  # after the progress bar
+    assert line.startswith("error: out of memory: OOM when allocating tensor with shape[1,512,512,3]"), line
+    assert "TF_CPU_BFC_MEM_LIMIT_IN_MB=8 (MiB)" in line
+    assert not any(s in line for s in ("/job:", "{{", "[Op:")), line
+
+
+def test_out_of_memory_errors_of_every_backend_are_recognised():
+    from ocr_tf.cli.common import out_of_memory_line
+
+    class OutOfMemoryError(RuntimeError):  # PyTorch's name
+        pass
+
+    assert out_of_memory_line(ValueError("shape mismatch")) is None
+    assert out_of_memory_line(RuntimeError("a bug")) is None
+    jax = out_of_memory_line(RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.00GiB."))
+    assert jax.startswith("out of memory: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.00GiB. Use")
+    torch = out_of_memory_line(OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert torch.startswith("out of memory: CUDA out of memory. Tried to allocate 2.00 GiB.") and "train.batch_size" in torch

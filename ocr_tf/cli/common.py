@@ -1,8 +1,8 @@
 """What every command shares: the error policy, a quiet TensorFlow start-up, argument types.
 
 The error policy (`command`): a user's mistake (`ocr_tf.errors.UserError` and the config and
-data errors built on it) prints one line `error: <what>` and exits 2; Ctrl-C exits 130 with one
-line; anything else is a bug of ours and keeps its traceback. `--debug` (or OCR_TF_DEBUG=1)
+data errors built on it) and running out of memory print one line `error: <what>` and exit 2;
+Ctrl-C exits 130 with one line; anything else is a bug of ours and keeps its traceback. `--debug` (or OCR_TF_DEBUG=1)
 shows the traceback always.
 
 Nothing here imports TensorFlow at module level: arguments are parsed (and `--help` answered)
@@ -13,6 +13,7 @@ import argparse
 import functools
 import glob
 import os
+import re
 import sys
 
 from ocr_tf.errors import UserError
@@ -108,12 +109,40 @@ def command(build_parser):
                     raise
                 print(f"error: {_error_line(e)}", file=sys.stderr)
                 return 2
+            except Exception as e:
+                oom = out_of_memory_line(e)
+                if oom is None or debug:
+                    raise
+                print(f"error: {oom}", file=sys.stderr)
+                return 2
             return 0 if code is None else code
 
         main.parser = build_parser
         return main
 
     return wrap
+
+
+def out_of_memory_line(e):
+    """One line for a framework's out-of-memory error (TensorFlow's ResourceExhaustedError, from the
+    GPU or from the CPU's BFC allocator at TF_CPU_BFC_MEM_LIMIT_IN_MB; JAX's RESOURCE_EXHAUSTED;
+    PyTorch's OutOfMemoryError), or None for any other error. Running out of memory is not a bug:
+    the batch or the images are too large for this machine."""
+    name = type(e).__name__
+    text = str(e)
+    if name not in ("ResourceExhaustedError", "OutOfMemoryError") and "RESOURCE_EXHAUSTED" not in text:
+        return None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    what = next((ln for ln in lines if "OOM when allocating" in ln or "RESOURCE_EXHAUSTED" in ln or "out of memory" in ln.lower()),
+                lines[-1] if lines else name)
+    what = re.sub(r"/job:\w+/replica:\d+/task:\d+/device:", "", what)  # TensorFlow's device path
+    what = re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:[^\]]*\].*$", "", what)  # eager ops' {{function_node}} and [Op:]
+    line = (f"out of memory: {what.rstrip('.')}. Use a smaller batch or smaller images (train.batch_size, "
+            "data.crop_size, the input size, fewer --scales) or a machine with more memory")
+    limit = os.environ.get("TF_CPU_BFC_MEM_LIMIT_IN_MB")
+    if "bfc_cpu_allocator" in text and limit:
+        line += f"; TensorFlow's CPU allocator stops at TF_CPU_BFC_MEM_LIMIT_IN_MB={limit} (MiB)"
+    return line + "."
 
 
 def require_tensorflow_backend(verb):
