@@ -163,3 +163,5 @@ def test_out_of_memory_errors_of_every_backend_are_recognised():
     assert jax.startswith("out of memory: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.00GiB. Use")
     torch = out_of_memory_line(OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert torch.startswith("out of memory: CUDA out of memory. Tried to allocate 2.00 GiB.") and "train.batch_size" in torch
+    numpy = out_of_memory_line(MemoryError("Unable to allocate 12.0 GiB for an array with shape (3, 1073741824)"))
+    assert numpy.startswith("out of memory: Unable to allocate 12.0 GiB for an array with shape (3, 1073741824). Use")

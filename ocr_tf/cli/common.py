@@ -2,8 +2,8 @@
 
 The error policy (`command`): a user's mistake (`ocr_tf.errors.UserError` and the config and
 data errors built on it) and running out of memory print one line `error: <what>` and exit 2;
-Ctrl-C exits 130 with one line; anything else is a bug of ours and keeps its traceback. `--debug` (or OCR_TF_DEBUG=1)
-shows the traceback always.
+Ctrl-C exits 130 with one line; anything else is a bug of ours and keeps its traceback.
+`--debug` (or OCR_TF_DEBUG=1) shows the traceback always.
 
 Nothing here imports TensorFlow at module level: arguments are parsed (and `--help` answered)
 before the command imports the library.
@@ -126,11 +126,13 @@ def command(build_parser):
 def out_of_memory_line(e):
     """One line for a framework's out-of-memory error (TensorFlow's ResourceExhaustedError, from the
     GPU or from the CPU's BFC allocator at TF_CPU_BFC_MEM_LIMIT_IN_MB; JAX's RESOURCE_EXHAUSTED;
-    PyTorch's OutOfMemoryError), or None for any other error. Running out of memory is not a bug:
-    the batch or the images are too large for this machine."""
+    PyTorch's OutOfMemoryError; Python's MemoryError, e.g. NumPy's "Unable to allocate"), or None
+    for any other error. Running out of memory is not a bug: the batch or the images are too large
+    for this machine."""
     name = type(e).__name__
     text = str(e)
-    if name not in ("ResourceExhaustedError", "OutOfMemoryError") and "RESOURCE_EXHAUSTED" not in text:
+    known = isinstance(e, MemoryError) or name in ("ResourceExhaustedError", "OutOfMemoryError")
+    if not known and "RESOURCE_EXHAUSTED" not in text:
         return None
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     what = next((ln for ln in lines if "OOM when allocating" in ln or "RESOURCE_EXHAUSTED" in ln or "out of memory" in ln.lower()),
