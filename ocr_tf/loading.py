@@ -118,6 +118,8 @@ def load_segmenter(weights, *, model=None, overrides=None, dataset=None, num_cla
             say(f"using the class names and palette of --dataset {info.name} instead of the model's ({loaded.dataset or 'custom'})")
             loaded = loaded.with_classes(info.class_names, info.palette, info.name, info.flip_pairs)
         return loaded
+    if weights is not None and not str(weights).endswith((".h5", ".hdf5")):
+        raise UserError(f"{weights} is not a model file: expected a .keras file, a preset folder or a .weights.h5 file.")
     if model is None:
         raise UserError(f"{weights or 'no --weights'}: a weights file needs --model (the registered name it was trained as).")
     if info is None and num_classes is None:

@@ -55,6 +55,8 @@ def test_user_errors_are_one_line_naming_the_culprit(files, capsys):
         (predict.main, [str(t / "img.png"), "--weights", str(t / "model.weights.h5"), "--model", "hrnet_tiny_ocr",
                         "--dataset", "demo"], ["model.weights.h5", "hrnet_tiny_ocr"]),
         (predict.main, [str(t / "img.png"), "--weights", str(t / "model.weights.h5")], ["--model"]),
+        (predict.main, [str(t / "img.png"), "--weights", str(t / "img.png"), "--model", "hrnet_tiny_ocr"],
+         ["img.png is not a model file", ".weights.h5"]),
         (export.main, ["--weights", str(t / "model.keras"), "--format", "saved_model", "--output",
                        str(t / "a_file" / "sub")], ["a_file"]),
         (predict.main, [str(t / "img.png"), "--weights", str(t / "model.keras"), "--mode", "slide"], ["--crop-size"]),
